@@ -1,0 +1,1 @@
+"""Generation backends: one protocol (base.py), an HF implementation and a vLLM implementation."""

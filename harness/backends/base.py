@@ -1,0 +1,55 @@
+"""The protocol every generation backend implements: token ids in, token ids (and log-probs) out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+
+@dataclass
+class Sample:
+    token_ids: list[int]
+    """Generated ids, including the EOS that ended it (if any)."""
+    logprobs: list[float]
+    """Log-probability of each generated token under the sampling distribution."""
+    finished: bool
+    """True when the sample ended with EOS (False: it hit max_new_tokens)."""
+
+
+class Backend(Protocol):
+    """Generation over a base model carrying named adapters ("answer", "stop"; None = the base model)."""
+
+    eos_token_id: int
+
+    def generate(
+        self,
+        prompts: list[list[int]],
+        adapter: str | None,
+        max_new_tokens: int,
+        temperature: float,
+        top_p: float = 1.0,
+        n: int = 1,
+        seed: int = 0,
+    ) -> list[list[Sample]]:
+        """`n` continuations of each prompt; deterministic for a given seed and batch."""
+        ...
+
+    def yes_probability(self, prompts: list[list[int]], adapter: str | None, yes_id: int, no_id: int,
+                        rule: str) -> list[float]:
+        """P(Yes) for the next token of each prompt, from one forward pass (no sampling)."""
+        ...
+
+    def adapters_updated(self, names: list[str]) -> None:
+        """Tell the backend that these adapters' weights changed (vLLM reloads them under a new id)."""
+        ...
+
+
+def yes_from_logits(logits: torch.Tensor, yes_id: int, no_id: int, rule: str) -> torch.Tensor:
+    """P(Yes) from next-token logits [batch, vocab]: over {Yes, No} (`yes_vs_no`) or the whole vocabulary."""
+    logits = logits.float()
+    if rule == "yes_vs_no":
+        pair = torch.stack([logits[:, yes_id], logits[:, no_id]], dim=-1)
+        return torch.softmax(pair, dim=-1)[:, 0]
+    return torch.softmax(logits, dim=-1)[:, yes_id]

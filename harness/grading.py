@@ -1,0 +1,443 @@
+"""Answer extraction and grading for GSM8K and MATH.
+
+Extraction rules (first rule that yields an answer wins):
+
+* GSM8K: the first ``#### N`` (first, like lm-eval's strict match, so that a model that keeps generating
+  few-shot examples after its answer is graded on its own answer); the last "The answer is: N" /
+  "The answer is N" (MetaMathQA); the last ``\\boxed{N}``; the last number in the text. Numbers are
+  normalised (thousands commas, ``$``, trailing units/words/periods, ``12.0`` -> ``12``, negatives,
+  decimals, ``3/4`` and ``\\frac{3}{4}`` fractions) and compared numerically.
+* MATH: the last ``\\boxed{...}`` / ``\\fbox{...}`` (brace matching, so nested braces work); the last
+  Minerva "Final Answer: The final answer is X. I hope it is correct."; the last MetaMathQA
+  "The answer is: X". There is deliberately no last-number fallback for MATH: many MATH answers are not
+  numbers, and a stray number from unfinished reasoning is not a final answer. Such predictions are
+  graded wrong and counted as unparsed. Equivalence is a normalised string comparison first, then
+  ``math_verify.verify(parse(gold), parse(pred))``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from dataclasses import dataclass
+from fractions import Fraction
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+Task = Literal["gsm8k", "math"]
+
+TASKS: tuple[str, ...] = ("gsm8k", "math")
+
+# Seconds math-verify may spend parsing one expression / comparing one pair (signal.alarm based, so it
+# is only enabled in the main thread; math-verify refuses to use it elsewhere).
+MATH_VERIFY_TIMEOUT_S = 2
+
+# Relative tolerance for comparing numbers of which at least one is not an integer (integers: exact).
+REL_TOL = Fraction(1, 10**6)
+
+
+@dataclass(frozen=True)
+class Grade:
+    """Outcome of grading one prediction: ``extracted`` is None when no final answer was found."""
+
+    correct: bool
+    extracted: str | None
+
+
+def _check_task(task: str) -> None:
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
+
+
+# --------------------------------------------------------------------------------------------------
+# Generic helpers
+# --------------------------------------------------------------------------------------------------
+
+_BOX_RE = re.compile(r"\\(?:boxed|fbox)(?![a-zA-Z])")
+
+
+def _match_braces(text: str, start: int) -> int | None:
+    """Index just past the group opened by ``text[start] == "{"``; None if unbalanced.
+
+    Escaped braces (``\\{``, ``\\}``) are skipped, so ``\\boxed{\\{1,2\\}}`` works.
+    """
+    depth = 0
+    i = start
+    while i < len(text):
+        ch = text[i]
+        if ch == "\\":
+            i += 2
+            continue
+        if ch == "{":
+            depth += 1
+        elif ch == "}":
+            depth -= 1
+            if depth == 0:
+                return i + 1
+        i += 1
+    return None
+
+
+def _box_content(text: str, cmd_end: int) -> str | None:
+    """Content of a ``\\boxed`` whose command name ends at ``cmd_end``."""
+    i = cmd_end
+    while i < len(text) and text[i] in " \t":
+        i += 1
+    if i < len(text) and text[i] == "{":
+        end = _match_braces(text, i)
+        if end is None:
+            return None
+        return text[i + 1 : end - 1].strip()
+    if i > cmd_end:  # ``\boxed 5`` form: a single token up to whitespace or ``$``
+        m = re.match(r"[^\s$]+", text[i:])
+        return m.group(0).rstrip(".") if m else None
+    return None
+
+
+def last_boxed(text: str) -> str | None:
+    """Content of the last well-formed ``\\boxed{...}`` / ``\\fbox{...}`` in ``text`` (None if absent)."""
+    for m in reversed(list(_BOX_RE.finditer(text))):
+        content = _box_content(text, m.end())
+        if content:
+            return content
+    return None
+
+
+_HOPE_RE = re.compile(r"\s*I hope it is correct\.?\s*$", re.IGNORECASE)
+_MINERVA_RE = re.compile(r"final answer is[:\s]*", re.IGNORECASE)
+_ANSWER_IS_RE = re.compile(r"the answer is\s*:?\s*", re.IGNORECASE)
+
+
+def _strip_answer_segment(seg: str) -> str:
+    """Clean the text following "The (final) answer is": one line, no trailing period or ``$``."""
+    seg = seg.split("\n", 1)[0]
+    seg = _HOPE_RE.sub("", seg).strip()
+    if seg.endswith("."):
+        seg = seg[:-1].rstrip()
+    seg = seg.strip()
+    if seg.startswith("$") and seg.endswith("$") and len(seg) >= 2:
+        seg = seg.strip("$").strip()
+    boxed = last_boxed(seg)
+    if boxed is not None:
+        seg = boxed
+    return seg.rstrip(".").strip()
+
+
+def _last_phrase_answer(text: str, pattern: re.Pattern[str]) -> str | None:
+    """Cleaned segment after the last match of ``pattern`` that has non-empty content."""
+    for m in reversed(list(pattern.finditer(text))):
+        seg = _strip_answer_segment(text[m.end() :])
+        if seg:
+            return seg
+    return None
+
+
+# --------------------------------------------------------------------------------------------------
+# GSM8K numbers
+# --------------------------------------------------------------------------------------------------
+
+_NUM_RE = re.compile(
+    r"(?<![\w.])(?P<sign>[-\u2212])?\$?"
+    r"(?:(?P<int>\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?P<dec>\.\d+)?|(?P<bare>\.\d+))"
+    r"(?:\s?/\s?(?P<den>\d+)(?![\d.]))?"
+)
+_LATEX_FRAC_RE = re.compile(r"\\[dt]?frac\s*\{\s*([^{}]*)\}\s*\{\s*([^{}]*)\}")
+
+
+def _prep_numeric(text: str) -> str:
+    """Remove LaTeX noise that hides numbers (``1{,}000``, ``\\$``, ``\\frac{a}{b}`` -> ``a/b``)."""
+    text = text.replace("{,}", ",").replace("\\!", "").replace("\\,", "").replace("\\$", "$")
+    text = text.replace("\\left", "").replace("\\right", "")
+    return _LATEX_FRAC_RE.sub(r"\1/\2", text)
+
+
+def _canonical_number(m: re.Match[str]) -> str | None:
+    """Canonical string for a number match: ``12``, ``-3``, ``2.5``, ``3/4``."""
+    int_part = (m.group("int") or "0").replace(",", "")
+    dec = m.group("dec") or m.group("bare") or ""
+    value = Fraction(int_part + dec)
+    den = m.group("den")
+    if den is not None:
+        if int(den) == 0:
+            return None
+        value /= int(den)
+    if m.group("sign"):
+        value = -value
+    return _format_fraction(value, as_fraction=den is not None)
+
+
+def _format_fraction(value: Fraction, as_fraction: bool) -> str:
+    if value.denominator == 1:
+        return str(value.numerator)
+    if as_fraction:
+        return f"{value.numerator}/{value.denominator}"
+    text = f"{float(value):.12f}".rstrip("0").rstrip(".")
+    return text if text not in ("", "-0") else "0"
+
+
+def _first_number(text: str) -> str | None:
+    for m in _NUM_RE.finditer(_prep_numeric(text)):
+        num = _canonical_number(m)
+        if num is not None:
+            return num
+    return None
+
+
+def _last_number(text: str) -> str | None:
+    for m in reversed(list(_NUM_RE.finditer(_prep_numeric(text)))):
+        num = _canonical_number(m)
+        if num is not None:
+            return num
+    return None
+
+
+def _gsm8k_structured(text: str) -> str | None:
+    """GSM8K answer from an explicit marker (``####``, "The answer is", ``\\boxed``); None if absent."""
+    for m in re.finditer(r"####", text):
+        num = _first_number(text[m.end() :].split("\n", 1)[0])
+        if num is not None:
+            return num
+    for m in reversed(list(_ANSWER_IS_RE.finditer(text))):
+        num = _first_number(text[m.end() :].split("\n", 1)[0])
+        if num is not None:
+            return num
+    for m in reversed(list(_BOX_RE.finditer(text))):
+        content = _box_content(text, m.end())
+        if content:
+            num = _first_number(content)
+            if num is not None:
+                return num
+    return None
+
+
+def _to_fraction(text: str) -> Fraction | None:
+    m = _NUM_RE.fullmatch(_prep_numeric(text).strip())
+    if m is None:
+        num = _first_number(text)
+        if num is None:
+            return None
+        m = _NUM_RE.fullmatch(num)
+        if m is None:
+            return None
+    num = _canonical_number(m)
+    return None if num is None else Fraction(num)
+
+
+def _numbers_close(a: Fraction, b: Fraction) -> bool:
+    """Exact for two integers, else within ``REL_TOL`` relative difference."""
+    if a.denominator == 1 and b.denominator == 1:
+        return a == b
+    return abs(a - b) <= REL_TOL * max(abs(a), abs(b))
+
+
+def _gsm8k_equivalent(pred: str, gold: str) -> bool:
+    a, b = _to_fraction(pred), _to_fraction(gold)
+    if a is None or b is None:
+        return pred.strip() != "" and pred.strip() == gold.strip()
+    return _numbers_close(a, b)
+
+
+# --------------------------------------------------------------------------------------------------
+# MATH normalisation
+# --------------------------------------------------------------------------------------------------
+
+_TEXT_CMD_RE = re.compile(r"\\(?:text|textbf|textit|textrm|mathrm|mathbf|mbox)\s*\{([^{}]*)\}")
+_UNIT_TAIL_RE = re.compile(
+    r"(?<=[\d}])\s*\\(?:text|mbox|mathrm)\s*\{\s*[a-zA-Z][a-zA-Z\s.]*\}(?:\^\{?\d\}?)?\s*$"
+)
+_SQRT_RE = re.compile(r"\\sqrt\s*(\w)")
+_FRAC_SHORT_RE = re.compile(r"\\frac\s*(\d)\s*(\d)")
+_FRAC_SHORT2_RE = re.compile(r"\\frac\s*(\{[^{}]*\})\s*(\w)")
+_EQ_PREFIX_RE = re.compile(r"^[a-zA-Z](?:_\{?\w+\}?)?(?:\([a-z]\))?\s*=\s*(?=\S)")
+_THOUSANDS_RE = re.compile(r"^-?\d{1,3}(?:,\d{3})+(?:\.\d+)?$")
+_SIMPLE_SLASH_RE = re.compile(r"^(-?\d+)/(\d+)$")
+_PLAIN_NUMBER_RE = re.compile(r"(-?)(\d+(?:\.\d*)?|\.\d+)")
+_PLAIN_FRAC_RE = re.compile(r"(-?)\\frac\{(-?\d+)\}\{(-?\d+)\}")
+_BASE_RE = re.compile(r"_\{?(\d+)\}?$")
+
+
+def normalize_math_answer(ans: str) -> str:
+    """Canonical string form of a MATH answer (Hendrycks ``strip_string`` plus Minerva-style fixes)."""
+    s = ans.strip().replace("\n", "")
+    s = s.replace("\\!", "").replace("\\displaystyle", "")
+    s = re.sub(r"\\[,;:> ]", "", s)
+    s = s.replace("\\\\", "\\")
+    s = re.sub(r"\\[dt]frac", r"\\frac", s)
+    s = s.replace("\\left", "").replace("\\right", "")
+    s = re.sub(r"\^\s*\{\s*\\circ\s*\}|\^\s*\\circ|\\circ|°", "", s)
+    s = s.replace("\\$", "").replace("$", "")
+    s = s.replace("\\%", "").replace("%", "")
+    s = _UNIT_TAIL_RE.sub("", s)
+    for _ in range(3):
+        s = _TEXT_CMD_RE.sub(r"\1", s)
+    s = s.replace("{,}", ",")
+    s = s.strip().rstrip(".").strip()
+    s = _EQ_PREFIX_RE.sub("", s)
+    s = _SQRT_RE.sub(r"\\sqrt{\1}", s)
+    s = _FRAC_SHORT_RE.sub(r"\\frac{\1}{\2}", s)
+    s = _FRAC_SHORT2_RE.sub(r"\\frac\1{\2}", s)
+    s = s.replace(" ", "")
+    if _THOUSANDS_RE.match(s):
+        s = s.replace(",", "")
+    m = _SIMPLE_SLASH_RE.match(s)
+    if m:
+        s = f"\\frac{{{m.group(1)}}}{{{m.group(2)}}}"
+    s = re.sub(r"(?<![\d}])\.(?=\d)", "0.", s)
+    if re.fullmatch(r"-?\d+\.\d+", s):
+        s = s.rstrip("0").rstrip(".")
+    return s
+
+
+@lru_cache(maxsize=1)
+def _math_verify() -> tuple[Any, Any]:
+    from math_verify import parse, verify  # imported lazily: pulls in sympy
+
+    return parse, verify
+
+
+def _math_verify_equivalent(pred: str, gold: str) -> bool:
+    """``verify(parse(gold), parse(pred))`` with answers wrapped in ``$...$``; False on any error."""
+    parse, verify = _math_verify()
+    in_main = threading.current_thread() is threading.main_thread()
+    timeout = MATH_VERIFY_TIMEOUT_S if in_main else None
+    try:
+        gold_parsed = parse(f"${gold}$", parsing_timeout=timeout)
+        pred_parsed = parse(f"${pred}$", parsing_timeout=timeout)
+        if not gold_parsed or not pred_parsed:
+            return False
+        return bool(verify(gold_parsed, pred_parsed, timeout_seconds=timeout))
+    except Exception:  # math-verify / sympy can raise on odd input, incl. its TimeoutException
+        return False
+
+
+def _plain_number(norm: str) -> Fraction | None:
+    """Value of a normalised answer that is just a number (``-2``, ``0.5``, ``\\frac{3}{4}``), else None."""
+    m = _PLAIN_NUMBER_RE.fullmatch(norm)
+    if m:
+        value = Fraction(m.group(2).rstrip(".") or "0")
+        return -value if m.group(1) else value
+    m = _PLAIN_FRAC_RE.fullmatch(norm)
+    if m and int(m.group(3)) != 0:
+        value = Fraction(int(m.group(2)), int(m.group(3)))
+        return -value if m.group(1) else value
+    return None
+
+
+def _math_equivalent(pred: str, gold: str) -> bool:
+    pred_n, gold_n = normalize_math_answer(pred), normalize_math_answer(gold)
+    if not pred_n or not gold_n:
+        return False
+    if pred_n == gold_n:
+        return True
+    # Two plain numbers: compare them here (see _numbers_close); math-verify rounds to 6 decimals,
+    # which would accept e.g. .0000673 for .0000672.
+    pred_v, gold_v = _plain_number(pred_n), _plain_number(gold_n)
+    if pred_v is not None and gold_v is not None:
+        return _numbers_close(pred_v, gold_v)
+    # math-verify drops base subscripts (52_8 -> 52): an explicit, different base is wrong.
+    pred_b, gold_b = _BASE_RE.search(pred_n), _BASE_RE.search(gold_n)
+    if pred_b and gold_b and pred_b.group(1) != gold_b.group(1):
+        return False
+    return _math_verify_equivalent(pred, gold)
+
+
+# --------------------------------------------------------------------------------------------------
+# Public API
+# --------------------------------------------------------------------------------------------------
+
+
+def extract_answer(text: str, task: Task) -> str | None:
+    """Final answer in model output ``text`` (see module docstring for the rules); None if none."""
+    _check_task(task)
+    if task == "gsm8k":
+        return _gsm8k_structured(text) or _last_number(text)
+    return (
+        last_boxed(text) or _last_phrase_answer(text, _MINERVA_RE) or _last_phrase_answer(text, _ANSWER_IS_RE)
+    )
+
+
+_PROSE_WORD_RE = re.compile(r"(?<![\\{a-zA-Z])[a-zA-Z]{3,}")
+
+
+def _looks_bare(text: str) -> bool:
+    """True if ``text`` looks like a bare final answer rather than a solution without one."""
+    return "\n" not in text and len(_PROSE_WORD_RE.findall(_TEXT_CMD_RE.sub("", text))) <= 2
+
+
+def gold_answer(answer_or_solution: str, task: Task) -> str | None:
+    """Gold final answer from a bare answer or a full gold solution; None if there is no usable answer."""
+    _check_task(task)
+    text = str(answer_or_solution).strip()
+    if not text:
+        return None
+    if task == "gsm8k":
+        structured = _gsm8k_structured(text)
+        if structured is not None:
+            return structured
+        m = _NUM_RE.fullmatch(_prep_numeric(text).strip().rstrip(".").strip())
+        return _canonical_number(m) if m else None
+    found = extract_answer(text, "math")
+    if found is not None:
+        return found
+    if _looks_bare(text):
+        bare = text.strip("$").strip()
+        return bare or None
+    return None
+
+
+def is_equivalent(pred: str, gold: str, task: Task) -> bool:
+    """Whether extracted answer ``pred`` matches gold final answer ``gold``."""
+    _check_task(task)
+    if task == "gsm8k":
+        return _gsm8k_equivalent(pred, gold)
+    return _math_equivalent(pred, gold)
+
+
+def grade(prediction: str, gold: str, task: Task) -> Grade:
+    """Grade model text ``prediction`` against ``gold`` (a bare final answer or a full gold solution)."""
+    gold_final = gold_answer(gold, task)
+    if gold_final is None:
+        raise ValueError(f"gold has no usable {task} final answer: {str(gold)[-200:]!r}")
+    extracted = extract_answer(prediction, task)
+    if extracted is None:
+        return Grade(correct=False, extracted=None)
+    return Grade(correct=is_equivalent(extracted, gold_final, task), extracted=extracted)
+
+
+def grade_file(path: str | Path, task: Task) -> dict:
+    """Grade a jsonl of ``{"prediction", "answer"}`` rows: ``{"n", "correct", "accuracy", "unparsed"}``.
+
+    Blank lines are skipped. A malformed line raises ValueError naming the file and 1-based line number.
+    """
+    _check_task(task)
+    path = Path(path)
+    n = correct = unparsed = 0
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{where}: invalid JSON ({exc.msg})") from exc
+            if not isinstance(row, dict):
+                raise ValueError(f"{where}: expected a JSON object, got {type(row).__name__}")
+            for key in ("prediction", "answer"):
+                if key not in row:
+                    raise ValueError(f"{where}: missing key {key!r}")
+            prediction, answer = row["prediction"], row["answer"]
+            if not isinstance(prediction, str):
+                raise ValueError(f"{where}: 'prediction' must be a string, got {type(prediction).__name__}")
+            if not isinstance(answer, (str, int, float)) or isinstance(answer, bool):
+                raise ValueError(f"{where}: 'answer' must be a string or number, got {type(answer).__name__}")
+            try:
+                result = grade(prediction, str(answer), task)
+            except ValueError as exc:
+                raise ValueError(f"{where}: {exc}") from exc
+            n += 1
+            correct += result.correct
+            unparsed += result.extracted is None
+    return {"n": n, "correct": correct, "accuracy": correct / n if n else 0.0, "unparsed": unparsed}

