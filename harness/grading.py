@@ -21,6 +21,7 @@ import json
 import re
 import threading
 from dataclasses import dataclass
+from decimal import Decimal, localcontext
 from fractions import Fraction
 from functools import lru_cache
 from pathlib import Path
@@ -33,6 +34,8 @@ TASKS: tuple[str, ...] = ("gsm8k", "math")
 # Seconds math-verify may spend parsing one expression / comparing one pair (signal.alarm based, so it
 # is only enabled in the main thread; math-verify refuses to use it elsewhere).
 MATH_VERIFY_TIMEOUT_S = 2
+# Longer extracted answers are not sent to math-verify (garbage; parsing them would only burn the timeout).
+MATH_VERIFY_MAX_CHARS = 1000
 
 # Relative tolerance for comparing numbers of which at least one is not an integer (integers: exact).
 REL_TOL = Fraction(1, 10**6)
@@ -157,12 +160,15 @@ def _canonical_number(m: re.Match[str]) -> str | None:
     """Canonical string for a number match: ``12``, ``-3``, ``2.5``, ``3/4``."""
     int_part = (m.group("int") or "0").replace(",", "")
     dec = m.group("dec") or m.group("bare") or ""
-    value = Fraction(int_part + dec)
     den = m.group("den")
-    if den is not None:
-        if int(den) == 0:
-            return None
-        value /= int(den)
+    try:
+        value = Fraction(int_part + dec)
+        if den is not None:
+            if int(den) == 0:
+                return None
+            value /= int(den)
+    except ValueError:  # more digits than Python's int/str conversion limit
+        return None
     if m.group("sign"):
         value = -value
     return _format_fraction(value, as_fraction=den is not None)
@@ -173,8 +179,10 @@ def _format_fraction(value: Fraction, as_fraction: bool) -> str:
         return str(value.numerator)
     if as_fraction:
         return f"{value.numerator}/{value.denominator}"
-    text = f"{float(value):.12f}".rstrip("0").rstrip(".")
-    return text if text not in ("", "-0") else "0"
+    with localcontext() as ctx:  # exact: a non-fraction value comes from a terminating decimal
+        ctx.prec = len(str(value.numerator)) + len(str(value.denominator)) + 5
+        text = format((Decimal(value.numerator) / Decimal(value.denominator)).normalize(), "f")
+    return text
 
 
 def _first_number(text: str) -> str | None:
@@ -291,15 +299,18 @@ def normalize_math_answer(ans: str) -> str:
 
 
 @lru_cache(maxsize=1)
-def _math_verify() -> tuple[Any, Any]:
+def _math_verify() -> tuple[Any, Any, type[BaseException]]:
     from math_verify import parse, verify  # imported lazily: pulls in sympy
+    from math_verify.errors import TimeoutException  # a BaseException, not an Exception
 
-    return parse, verify
+    return parse, verify, TimeoutException
 
 
 def _math_verify_equivalent(pred: str, gold: str) -> bool:
     """``verify(parse(gold), parse(pred))`` with answers wrapped in ``$...$``; False on any error."""
-    parse, verify = _math_verify()
+    if len(pred) > MATH_VERIFY_MAX_CHARS or len(gold) > MATH_VERIFY_MAX_CHARS:
+        return False
+    parse, verify, timeout_exc = _math_verify()
     in_main = threading.current_thread() is threading.main_thread()
     timeout = MATH_VERIFY_TIMEOUT_S if in_main else None
     try:
@@ -308,20 +319,23 @@ def _math_verify_equivalent(pred: str, gold: str) -> bool:
         if not gold_parsed or not pred_parsed:
             return False
         return bool(verify(gold_parsed, pred_parsed, timeout_seconds=timeout))
-    except Exception:  # math-verify / sympy can raise on odd input, incl. its TimeoutException
+    except (Exception, timeout_exc):  # math-verify / sympy can raise on odd input, or time out
         return False
 
 
 def _plain_number(norm: str) -> Fraction | None:
     """Value of a normalised answer that is just a number (``-2``, ``0.5``, ``\\frac{3}{4}``), else None."""
-    m = _PLAIN_NUMBER_RE.fullmatch(norm)
-    if m:
-        value = Fraction(m.group(2).rstrip(".") or "0")
-        return -value if m.group(1) else value
-    m = _PLAIN_FRAC_RE.fullmatch(norm)
-    if m and int(m.group(3)) != 0:
-        value = Fraction(int(m.group(2)), int(m.group(3)))
-        return -value if m.group(1) else value
+    try:
+        m = _PLAIN_NUMBER_RE.fullmatch(norm)
+        if m:
+            value = Fraction(m.group(2).rstrip(".") or "0")
+            return -value if m.group(1) else value
+        m = _PLAIN_FRAC_RE.fullmatch(norm)
+        if m and int(m.group(3)) != 0:
+            value = Fraction(int(m.group(2)), int(m.group(3)))
+            return -value if m.group(1) else value
+    except ValueError:  # more digits than Python's int/str conversion limit
+        return None
     return None
 
 

