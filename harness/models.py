@@ -7,6 +7,7 @@ anything `from_pretrained` can read (hub id or local folder: what a GPU user run
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import os
 import string
@@ -96,7 +97,7 @@ def warm_up_tiny(model: torch.nn.Module, tokenizer, steps: int, seed: int) -> No
                                                add_generation_prompt=True)
         texts.append((prompt, f"{work}. The answer is: {answer}"))
     gen = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     model.train()
     for _ in range(steps):
         batch = [texts[i] for i in torch.randint(len(texts), (16,), generator=gen).tolist()]
@@ -109,6 +110,22 @@ def warm_up_tiny(model: torch.nn.Module, tokenizer, steps: int, seed: int) -> No
         loss.backward()
         optimizer.step()
     model.eval()
+
+
+def load_or_warm_up_tiny(model: torch.nn.Module, tokenizer, cfg: ModelConfig) -> None:
+    """Warm-up is deterministic, so its result is cached on disk under a key of the tiny model's settings."""
+    from safetensors.torch import load_file, save_file
+
+    key = hashlib.sha256(cfg.tiny.model_dump_json().encode()).hexdigest()[:12]
+    path = cache_dir() / f"tiny-{key}.safetensors"
+    if path.is_file():
+        model.load_state_dict(load_file(path))
+        return
+    warm_up_tiny(model, tokenizer, cfg.tiny.warmup_steps, cfg.tiny.seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp)
+    os.replace(tmp, path)
 
 
 def smollm2_folder() -> Path:
@@ -147,7 +164,7 @@ def load_base(cfg: ModelConfig) -> tuple[torch.nn.Module, PreTrainedTokenizerFas
         tokenizer = tiny_tokenizer()
         model = tiny_model(cfg, len(tokenizer), tokenizer.pad_token_id, tokenizer.eos_token_id)
         if cfg.tiny.warmup_steps:
-            warm_up_tiny(model, tokenizer, cfg.tiny.warmup_steps, cfg.tiny.seed)
+            load_or_warm_up_tiny(model, tokenizer, cfg)
         model = model.to(dtype)
     else:
         path = str(smollm2_folder()) if cfg.name == "smollm2-135m" else cfg.name

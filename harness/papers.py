@@ -7,12 +7,12 @@ Schema (unknown keys are errors; see results/papers/flow-dpo.yaml for a full exa
     notes: [str]                     # free-text facts worth keeping beside the numbers
     versions: {v1: "arXiv ...v1"}    # arXiv versions that publish different numbers ({} when one)
     default_version: v2 | null       # version used by lookups that name none
-    models:     {KEY: {name, hub_id?, note?}}       # KEY is what recipes' `paper.model` names
-    methods:    {KEY: {name, run_model?, note?}}    # run_model: the run's evaluate label (base, sft-flow, ...)
-    benchmarks: {KEY: {name, note?}}                # KEY equals the recipe's eval task `name` (gsm8k, math)
+    models:     {KEY: {name, hub_id?, note?}}     # KEY is what recipes' `paper.model` names
+    methods:    {KEY: {name, run_model?, note?}}  # run_model: the run's evaluate label (base, sft-flow)
+    benchmarks: {KEY: {name, note?}}              # KEY equals the recipe's eval task `name` (gsm8k, math)
     tables:                          # in order of preference: [paper] before [summary]
       - id: table1
-        source: "arXiv 2410.22304, Table 1 [paper]"  # arXiv id + table/abstract + tag; inherited by every cell
+        source: "arXiv 2410.22304, Table 1 [paper]"  # arXiv id + table/abstract + tag; cells inherit it
         version: v2 | null
         unit: percent
         delta_vs: METHOD | null      # what the cells' `delta` is measured against
@@ -149,9 +149,9 @@ class Paper(_Strict):
             check(f"statements.{i}.model", st.model, self.models)
         return self
 
-    # ---- lookups -------------------------------------------------------------------------------------------
+    # ---- lookups ---------------------------------------------------------------------------------
     def numbers(self, version: str | None = None) -> list[PaperNumber]:
-        """Every published cell, in file order (preferred source first); `version` filters versioned tables."""
+        """Every published cell in file order (preferred source first); `version` filters versioned tables."""
         out = []
         for table in self.tables:
             if version is not None and table.version not in (None, version):
@@ -163,12 +163,25 @@ class Paper(_Strict):
                         source = c.source or table.source
                         if c.value is None:
                             source += ": not published"
-                        out.append(PaperNumber(self.paper, model, method, bench, c.value, source, c.delta,
-                                               table.delta_vs if c.delta is not None else None, table.version,
-                                               table.id))
+                        out.append(
+                            PaperNumber(
+                                self.paper,
+                                model,
+                                method,
+                                bench,
+                                c.value,
+                                source,
+                                c.delta,
+                                table.delta_vs if c.delta is not None else None,
+                                table.version,
+                                table.id,
+                            )
+                        )
         return out
 
-    def number(self, model: str, method: str, benchmark: str, version: str | None = None) -> PaperNumber | None:
+    def number(
+        self, model: str, method: str, benchmark: str, version: str | None = None
+    ) -> PaperNumber | None:
         """The preferred published cell (None when this combination is not in the file)."""
         self._check_key("model", model, self.models)
         self._check_key("method", method, self.methods)

@@ -12,7 +12,6 @@ lines after it exactly and ends with the same log and adapter weights as a run n
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import time
@@ -28,14 +27,9 @@ from harness.learner import DPOLearner, NonFiniteLoss
 from harness.models import adapter_state, load_adapter_state
 from harness.recipe import Recipe
 from harness.rundir import RunDir, read_jsonl, write_json
+from harness.seeds import seed_for
 
 STAGE = "online"
-
-
-def seed_for(*parts: object) -> int:
-    """A 31-bit seed derived from its parts (stable across processes, unlike hash())."""
-    digest = hashlib.sha256("/".join(map(str, parts)).encode()).digest()
-    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
 
 
 def run_online(recipe: Recipe, run: RunDir, engine: Engine) -> dict:

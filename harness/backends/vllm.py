@@ -1,0 +1,220 @@
+"""The `vllm` backend: offline vLLM serving the base model plus both agents' adapters as LoRA requests.
+
+Same protocol as the HF backend (token ids in, token ids and log-probs out), so a recipe can switch backends
+without changing results beyond kernel numerics. The trainer keeps owning the adapters (a peft model); this
+backend only sees them as saved folders:
+
+- each adapter is saved with `save_pretrained(selected_adapters=[name])` into `workdir/{name}-v{version}` and
+  served as `LoRARequest("{name}-v{version}", int_id, path)`;
+- `adapters_updated(names)` saves a new version under a NEW int id and drops the old one, because vLLM keys
+  prefix-cache blocks by LoRA id: reloading new weights under an old id could serve KV computed with the old
+  weights;
+- `adapter=None` sends no LoRA request, so the base weights serve it (the reference policy).
+
+Log-probs: the engine runs with `logprobs_mode="processed_logprobs"`, so `Sample.logprobs` are log-probabilities
+under the sampling distribution (after temperature and top-p), as HF's processed `scores` are; for greedy
+requests no processing applies and they are the model's full-vocabulary log-softmax.
+
+Yes probability, exact for both rules: one greedy step with `max_tokens=1, logprob_token_ids=[yes, no]` returns
+the full-vocabulary log-softmax of the next-token logits at exactly those two ids (not a top-k that may miss
+them, and not renormalised like `allowed_token_ids` would be). `yes_prob` is exp(logprob[yes]);
+`yes_vs_no` is the softmax over the two log-probs, which equals the softmax over the two logits (the
+normaliser cancels).
+
+Engine process: vLLM V1 runs its engine core in a separate process by default, so scripts that build this
+backend need an `if __name__ == "__main__":` guard; `VLLM_ENABLE_V1_MULTIPROCESSING=0` keeps the engine in
+this process instead (no guard needed, but on CPU vLLM then binds this process's threads and drops torch to
+one intra-op thread, which slows a trainer running beside it).
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+from itertools import count
+from pathlib import Path
+from typing import Any
+
+from harness.backends.base import Sample
+
+_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+"""Values vLLM accepts for max_lora_rank (vllm.config.lora.MaxLoRARanks)."""
+
+
+def lora_rank_bound(rank: int) -> int:
+    """Smallest max_lora_rank vLLM accepts that fits adapters of rank `rank`."""
+    for allowed in _LORA_RANKS:
+        if allowed >= rank:
+            return allowed
+    raise ValueError(f"LoRA rank {rank} exceeds vLLM's largest max_lora_rank {_LORA_RANKS[-1]}")
+
+
+class VLLMBackend:
+    def __init__(
+        self,
+        model_path: str,
+        tokenizer,
+        adapter_source: Any | None,
+        dtype: str = "float32",
+        max_lora_rank: int = 8,
+        workdir: Path | str = "vllm-adapters",
+        seed: int = 0,
+        **llm_kwargs: Any,
+    ) -> None:
+        """Start the engine on the base model folder and register the adapters of `adapter_source`.
+
+        `model_path` must hold the base weights without LoRA (save them before wrapping with peft: peft
+        injects its layers in place). `tokenizer` is the harness tokenizer: it is saved into `workdir` and
+        handed to vLLM so both backends share ids and EOS. `llm_kwargs` go to `vllm.LLM` (e.g.
+        `enforce_eager=True`, `max_model_len=...`) and override the defaults set here.
+        """
+        from vllm import LLM
+
+        self.tokenizer = tokenizer
+        self.eos_token_id: int = tokenizer.eos_token_id
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.adapter_source = adapter_source
+        self.names: list[str] = sorted(getattr(adapter_source, "peft_config", {}) or {})
+        self.prefill_tokens = 0
+        """Prompt tokens sent so far (as in the HF backend, for the benchmark's prefill share)."""
+        self.cached_tokens = 0
+        """Of those, tokens vLLM served from its prefix cache."""
+
+        tokenizer_dir = self.workdir / "tokenizer"
+        tokenizer.save_pretrained(tokenizer_dir)
+        kwargs: dict[str, Any] = {
+            "model": model_path,
+            "tokenizer": str(tokenizer_dir),
+            "dtype": dtype,
+            "seed": seed,
+            "enable_prefix_caching": True,
+            "logprobs_mode": "processed_logprobs",
+        }
+        if self.names:
+            # One slot per agent so switching Answer <-> Stop never evicts.
+            kwargs.update(enable_lora=True, max_loras=max(2, len(self.names)),
+                          max_lora_rank=lora_rank_bound(max_lora_rank))
+        kwargs.update(llm_kwargs)
+        if kwargs["logprobs_mode"] not in ("processed_logprobs", "raw_logprobs"):
+            raise ValueError("VLLMBackend needs log-probabilities, not logits: logprobs_mode must be "
+                             "processed_logprobs or raw_logprobs")
+        self.llm = LLM(**kwargs)
+
+        self._ids = count(1)
+        self._versions: dict[str, int] = {}
+        self._requests: dict[str, Any] = {}
+        for name in self.names:
+            self._save(name)
+
+    def _save(self, name: str) -> None:
+        """Save adapter `name` as its next version and make that the one requests use."""
+        from vllm.lora.request import LoRARequest
+
+        version = self._versions.get(name, -1) + 1
+        folder = self.workdir / f"{name}-v{version}"
+        if folder.exists():
+            shutil.rmtree(folder)
+        self.adapter_source.save_pretrained(folder, selected_adapters=[name])
+        # peft writes a non-default adapter into a subfolder named after it.
+        path = folder / name if (folder / name / "adapter_config.json").is_file() else folder
+        if not (path / "adapter_config.json").is_file():
+            raise RuntimeError(f"adapter {name!r}: no adapter_config.json under {folder}")
+        old = self._requests.get(name)
+        self._requests[name] = LoRARequest(f"{name}-v{version}", next(self._ids), str(path))
+        self._versions[name] = version
+        if old is not None:
+            # Free the engine's copy and the files of the superseded version.
+            self.llm.llm_engine.remove_lora(old.lora_int_id)
+            shutil.rmtree(self.workdir / old.lora_name, ignore_errors=True)
+
+    def lora_request(self, adapter: str | None) -> Any | None:
+        """The LoRA request serving `adapter` now (None: the base model)."""
+        if adapter is None:
+            return None
+        if adapter not in self._requests:
+            raise ValueError(f"unknown adapter {adapter!r} (have {self.names})")
+        return self._requests[adapter]
+
+    def _run(self, prompts: list[list[int]], params: list[Any], adapter: str | None) -> list[Any]:
+        """One batched engine call; outputs come back in prompt order."""
+        from vllm.inputs import TokensPrompt
+
+        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=list(p)) for p in prompts], params,
+                                    lora_request=self.lora_request(adapter), use_tqdm=False)
+        self.prefill_tokens += sum(len(p) for p in prompts) * params[0].n if params else 0
+        self.cached_tokens += sum(o.num_cached_tokens or 0 for o in outputs)
+        return outputs
+
+    def generate(
+        self,
+        prompts: list[list[int]],
+        adapter: str | None,
+        max_new_tokens: int,
+        temperature: float,
+        top_p: float = 1.0,
+        n: int = 1,
+        seed: int = 0,
+    ) -> list[list[Sample]]:
+        """`n` continuations per prompt; stops only at the tokenizer's EOS, as the HF backend does."""
+        from vllm import SamplingParams
+
+        if not prompts:
+            return []
+        sampling = temperature > 0
+        params = [
+            SamplingParams(
+                n=n,
+                temperature=temperature if sampling else 0.0,
+                top_p=top_p if sampling else 1.0,
+                top_k=0,
+                max_tokens=max_new_tokens,
+                # vLLM gives child j of a request the seed `seed + j`: space prompts n apart.
+                seed=seed + i * n if sampling else None,
+                logprobs=0,
+                # Also stopping at generation_config's extra EOS ids would differ from HF: EOS only.
+                ignore_eos=True,
+                stop_token_ids=[self.eos_token_id],
+                detokenize=False,
+                skip_special_tokens=False,
+            )
+            for i in range(len(prompts))
+        ]
+        out: list[list[Sample]] = []
+        for request in self._run(prompts, params, adapter):
+            samples = []
+            for completion in sorted(request.outputs, key=lambda c: c.index):
+                tokens = list(completion.token_ids)
+                logprobs = [step[tok].logprob for tok, step in zip(tokens, completion.logprobs or [])]
+                finished = completion.finish_reason == "stop" and bool(tokens) and tokens[-1] == self.eos_token_id
+                samples.append(Sample(tokens, logprobs, finished))
+            out.append(samples)
+        return out
+
+    def yes_probability(self, prompts: list[list[int]], adapter: str | None, yes_id: int, no_id: int,
+                        rule: str = "yes_vs_no") -> list[float]:
+        """P(Yes) for the next token, exact: the two ids' full-vocabulary log-probs from one greedy step."""
+        from vllm import SamplingParams
+
+        if rule not in ("yes_vs_no", "yes_prob"):
+            raise ValueError(f"unknown stop rule {rule!r}")
+        if not prompts:
+            return []
+        params = SamplingParams(temperature=0.0, max_tokens=1, logprob_token_ids=[yes_id, no_id],
+                                detokenize=False)
+        probs = []
+        for request in self._run(prompts, [params] * len(prompts), adapter):
+            step = request.outputs[0].logprobs[0]
+            yes, no = step[yes_id].logprob, step[no_id].logprob
+            if rule == "yes_prob":
+                probs.append(math.exp(yes))
+            else:
+                probs.append(1.0 / (1.0 + math.exp(no - yes)))
+        return probs
+
+    def adapters_updated(self, names: list[str]) -> None:
+        """Re-save these adapters from the peft model and serve them under new LoRA ids."""
+        for name in names:
+            if name not in self._requests:
+                raise ValueError(f"unknown adapter {name!r} (have {self.names})")
+            self._save(name)

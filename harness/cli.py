@@ -1,0 +1,131 @@
+"""The `harness` command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from harness.recipe import RecipeError, list_recipes, load_recipe, recipe_path
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    rows = []
+    for name in list_recipes():
+        try:
+            recipe = load_recipe(name)
+            rows.append((name, recipe.model.name, recipe.description.strip().split(". ")[0][:90]))
+        except RecipeError as err:
+            rows.append((name, "INVALID", str(err).splitlines()[0][:90]))
+    from tabulate import tabulate
+
+    print(tabulate(rows, headers=["recipe", "model", "description"]))
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    recipe = load_recipe(args.recipe, args.overrides)
+    print(f"# {recipe_path(args.recipe)}  hash {recipe.hash()}")
+    print(recipe.to_yaml(), end="")
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    targets = args.recipes or list_recipes()
+    failed = 0
+    for target in targets:
+        try:
+            recipe = load_recipe(target)
+            print(f"ok      {target}  (hash {recipe.hash()})")
+        except RecipeError as err:
+            failed += 1
+            print(f"INVALID {err}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def cmd_grade(args: argparse.Namespace) -> int:
+    from harness.grading import grade_file
+
+    print(json.dumps(grade_file(args.file, args.task)))
+    return 0
+
+
+def prepare_run(args: argparse.Namespace):
+    from harness.rundir import RunDir
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    run = RunDir(args.run_dir or RunDir.default_path(recipe))
+    run.prepare(recipe)
+    print(f"run folder: {run.path}", file=sys.stderr)
+    return recipe, run
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from harness.pipeline import run_stage
+
+    recipe, run = prepare_run(args)
+    summary = run_stage(args.stage, recipe, run)
+    print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from harness.pipeline import reproduce
+
+    recipe, run = prepare_run(args)
+    print(reproduce(recipe, run))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from harness.pipeline import STAGES
+
+    parser = argparse.ArgumentParser(prog="harness", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("list", help="list the recipes in recipes/").set_defaults(func=cmd_list)
+
+    show = sub.add_parser("show", help="print a resolved recipe and its hash")
+    show.add_argument("recipe")
+    show.add_argument("overrides", nargs="*", help="key.sub=value")
+    show.set_defaults(func=cmd_show)
+
+    validate = sub.add_parser("validate", help="validate recipes (all in recipes/ when none given)")
+    validate.add_argument("recipes", nargs="*")
+    validate.set_defaults(func=cmd_validate)
+
+    grade = sub.add_parser("grade", help="grade a jsonl of {prediction, answer} lines")
+    grade.add_argument("file")
+    grade.add_argument("--task", choices=["gsm8k", "math"], required=True)
+    grade.set_defaults(func=cmd_grade)
+
+    run = sub.add_parser("run", help="run one stage of the pipeline")
+    run.add_argument("stage", choices=STAGES)
+    run.add_argument("recipe")
+    run.add_argument("--run-dir")
+    run.add_argument("overrides", nargs="*", help="key.sub=value")
+    run.set_defaults(func=cmd_run)
+
+    reproduce = sub.add_parser("reproduce", help="run every stage (finished stages are skipped)")
+    reproduce.add_argument("recipe")
+    reproduce.add_argument("--run-dir")
+    reproduce.add_argument("overrides", nargs="*", help="key.sub=value")
+    reproduce.set_defaults(func=cmd_reproduce)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from harness.data import DataError
+    from harness.learner import NonFiniteLoss
+    from harness.rundir import RunError
+
+    try:
+        return args.func(args)
+    except (RecipeError, RunError, DataError, NonFiniteLoss, ValueError, FileNotFoundError) as err:
+        print(f"harness: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,58 @@
+"""`harness reproduce`: the stages in order, each skipped once done and resumed when interrupted."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from harness.recipe import Recipe
+from harness.rundir import RunDir
+
+STAGES = ["baseline", "online"]
+
+
+def stage_function(stage: str) -> Callable:
+    if stage == "baseline":
+        from harness.stages.baseline import run_baseline
+
+        return run_baseline
+    if stage == "online":
+        from harness.stages.online import run_online
+
+        return run_online
+    raise ValueError(f"unknown stage {stage!r} (stages: {', '.join(STAGES)})")
+
+
+class LazyEngine:
+    """Builds the model only when a stage that is not done yet needs it (a finished run re-runs in seconds)."""
+
+    def __init__(self, recipe: Recipe) -> None:
+        self.recipe = recipe
+        self._engine = None
+
+    def get(self):
+        if self._engine is None:
+            from harness.engine import Engine
+
+            self._engine = Engine(self.recipe)
+        return self._engine
+
+
+def run_stage(stage: str, recipe: Recipe, run: RunDir, engine: LazyEngine | None = None) -> dict:
+    if run.is_done(stage):
+        return run.summary(stage)
+    engine = engine or LazyEngine(recipe)
+    return stage_function(stage)(recipe, run, engine.get())
+
+
+def reproduce(recipe: Recipe, run: RunDir) -> str:
+    engine = LazyEngine(recipe)
+    rows = []
+    for stage in STAGES:
+        start = time.perf_counter()
+        skipped = run.is_done(stage)
+        run_stage(stage, recipe, run, engine)
+        rows.append((stage, "skipped (done)" if skipped else "ran", f"{time.perf_counter() - start:.1f}"))
+    from tabulate import tabulate
+
+    return f"run folder: {run.path}\n" + tabulate(rows, headers=["stage", "status", "seconds"])

@@ -1,0 +1,42 @@
+"""Stage `baseline`: the base model answers every compile prompt in one pass (zero-shot, n samples each).
+
+Its correct answers are the "self-generated" SFT set of the compile stage; its accuracy is the zero-shot row.
+"""
+
+from __future__ import annotations
+
+import time
+
+from harness.batches import run_batches
+from harness.data import load_source
+from harness.engine import Engine
+from harness.recipe import Recipe
+from harness.rundir import RunDir
+from harness.seeds import seed_for
+
+STAGE = "baseline"
+
+
+def run_baseline(recipe: Recipe, run: RunDir, engine: Engine) -> dict:
+    if run.is_done(STAGE):
+        return run.summary(STAGE)
+    cfg = recipe.baseline
+    start = time.perf_counter()
+    loaded = load_source(recipe.data.compile)
+    jobs = [(record, k) for record in loaded.records for k in range(cfg.samples)]
+
+    def work(number: int, batch) -> list[dict]:
+        traces = engine.single_pass([r for r, _ in batch], cfg.temperature,
+                                    seed_for(recipe.online.seed, STAGE, number))
+        return [{"id": r.id, "sample": k, "prompt_ids": t.prompt_ids, "answer_ids": t.answer_ids,
+                 "text": t.text, "extracted": t.extracted, "correct": t.correct, "end": t.end}
+                for (r, k), t in zip(batch, traces)]
+
+    lines = run_batches(run.stage(STAGE) / "traces.jsonl", jobs, cfg.batch_size, work)
+    correct = sum(line["correct"] for line in lines)
+    summary = {"questions": len(loaded.records), "samples": cfg.samples, "n": len(lines), "correct": correct,
+               "accuracy": correct / len(lines) if lines else 0.0,
+               "unparsed": sum(line["extracted"] is None for line in lines),
+               "skipped_rows": loaded.skipped, "seconds": time.perf_counter() - start}
+    run.mark_done(STAGE, summary)
+    return summary
