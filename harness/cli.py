@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from harness.recipe import RecipeError, list_recipes, load_recipe, recipe_path
 
@@ -77,6 +78,22 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from harness.report import write_report
+
+    print(write_report(Path(args.run), Path(args.out) if args.out else None))
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from harness.compare import compare, parse_fail_below
+
+    text, code = compare([Path(r) for r in args.runs], args.paper, parse_fail_below(args.fail_below or []),
+                         args.paper_model)
+    print(text)
+    return code
+
+
 def build_parser() -> argparse.ArgumentParser:
     from harness.pipeline import STAGES
 
@@ -111,6 +128,19 @@ def build_parser() -> argparse.ArgumentParser:
     reproduce.add_argument("--run-dir")
     reproduce.add_argument("overrides", nargs="*", help="key.sub=value")
     reproduce.set_defaults(func=cmd_reproduce)
+
+    report = sub.add_parser("report", help="write RUN/report/ (markdown, HTML, PNGs) from a run folder")
+    report.add_argument("run")
+    report.add_argument("--out", help="also copy the report here (e.g. reports/NAME)")
+    report.set_defaults(func=cmd_report)
+
+    comp = sub.add_parser("compare", help="runs side by side (and a paper's numbers), with significance tests")
+    comp.add_argument("runs", nargs="+")
+    comp.add_argument("--paper", choices=["flow-dpo", "mcts-dpo", "scdpo"])
+    comp.add_argument("--paper-model", help="model key in the paper file (default: the first run's recipe)")
+    comp.add_argument("--fail-below", action="append", metavar="METRIC=DELTA",
+                      help="exit 1 when a later run's METRIC is below the first run's by more than DELTA")
+    comp.set_defaults(func=cmd_compare)
     return parser
 
 

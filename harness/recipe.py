@@ -245,6 +245,8 @@ class PaperRef(Section):
     """results/papers/<paper>.yaml."""
     model: str
     """Row key of the model in that file (e.g. `llama3-8b`)."""
+    version: str | None = None
+    """Paper version whose numbers this recipe reproduces (e.g. `v2` for MCTS-DPO); None: the file's default."""
 
 
 class Recipe(Section):

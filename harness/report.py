@@ -1,9 +1,9 @@
 """The run report: markdown + self-contained HTML + PNGs + report.json, from the run folder only.
 
 `write_report(RUN)` reads RUN/{recipe.yaml, provenance.json, online/, baseline/, compile/, evaluate/} and
-writes RUN/report/{report.md, report.html, report.json, *.png}. Every number in the report's tables is in report.json
-and is computed from those files (the published numbers come from results/papers/<paper>.yaml via the recipe's
-`paper` ref). A stage that has not run leaves a one-line note instead of its section.
+writes RUN/report/{report.md, report.html, report.json, *.png}. Every number in the report's tables is in
+report.json and is computed from those files (the published numbers come from results/papers/<paper>.yaml via
+the recipe's `paper` ref). A stage that has not run leaves a one-line note instead of its section.
 """
 
 from __future__ import annotations
@@ -41,6 +41,15 @@ ROW_NAMES = {
 SUB_PHASES = ("answer_gen_seconds", "stop_seconds")
 """Timing fields that are parts of generate_seconds + rollout_seconds; every other `*_seconds` is a phase."""
 STAGES = ("baseline", "online", "compile", "evaluate")
+REPORT_FILES = (
+    "report.md",
+    "report.html",
+    "report.json",
+    "progressive.png",
+    "table1.png",
+    "pairs_by_chunk.png",
+    "time.png",
+)
 
 
 class ReportError(RuntimeError):
@@ -73,9 +82,28 @@ class Run:
         return None
 
     def eval_records(self) -> dict[str, list[dict]]:
-        """evaluate/done.json `models`: label -> records ({} when the stage has not run)."""
+        """evaluate/done.json `models`: label -> records ({} when the stage has not run).
+
+        Records may be a list or a {task: record} mapping; metrics without a numeric value are dropped.
+        """
         done = self.done.get("evaluate") or {}
-        return done.get("models") or {}
+        out = {}
+        for label, records in (done.get("models") or {}).items():
+            items = list(records.values()) if isinstance(records, dict) else list(records or [])
+            out[label] = [
+                {
+                    **rec,
+                    "metrics": {
+                        k: m for k, m in (rec.get("metrics") or {}).items() if _is_num(m.get("value"))
+                    },
+                }
+                for rec in items
+            ]
+        return out
+
+
+def _is_num(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def _read_json(path: Path) -> dict | None:
@@ -195,7 +223,8 @@ def signed(x: float | None) -> str:
 
 # ---- document blocks -----------------------------------------------------------------------------
 
-Block = tuple  # ("h", level, text) | ("p", text) | ("list", [text]) | ("table", headers, rows) | ("img", file, alt)
+Block = tuple
+"""("h", level, text) | ("p", text) | ("list", [text]) | ("table", headers, rows) | ("img", file, alt)"""
 
 
 def _note(text: str) -> Block:
@@ -322,15 +351,29 @@ def _section_table1(run: Run, paper: Paper | None, model: str | None, out: Path)
         "rows": rows_data,
     }
 
+    strict = "exact_match,strict-match"
+    extra = {
+        t: any(
+            strict in c["metrics"] and c["metric"] != strict
+            for r in rows_data
+            for task, c in r["cells"].items()
+            if task == t
+        )
+        for t in tasks
+    }
     headers = ["model"]
     for task in tasks:
-        headers += [f"{task} measured % [95% CI]"] + ([f"{task} paper %", f"{task} Δ"] if paper else [])
+        headers.append(f"{task} % [95% CI] (metric)")
+        headers += [f"{task} strict-match %"] if extra[task] else []
+        headers += [f"{task} paper %", f"{task} Δ"] if paper else []
     rows = []
     for r in rows_data:
         row = [ROW_NAMES.get(r["model"], r["model"])]
         for task in tasks:
             c = r["cells"].get(task)
-            row.append(pct_ci(c["value"], c["ci"]) if c else "–")
+            row.append(f"{pct_ci(c['value'], c['ci'])} ({metric_label(c['metric'])})" if c else "–")
+            if extra[task]:
+                row.append(pct(c["metrics"].get(strict)) if c else "–")
             if paper:
                 row += [num(c["paper"], 1) if c else "–", signed(c["delta_points"]) if c else "–"]
         rows.append(row)
@@ -338,8 +381,7 @@ def _section_table1(run: Run, paper: Paper | None, model: str | None, out: Path)
     for task in tasks:
         kinds = {_settings(r["cells"][task]) for r in rows_data if task in r["cells"]}
         settings_row.append(kinds.pop() if len(kinds) == 1 else "varies: see below")
-        if paper:
-            settings_row += ["", ""]
+        settings_row += [""] * (int(extra[task]) + (2 if paper else 0))
     rows.append(settings_row)
     blocks.append(("table", headers, rows))
     if paper is not None:
@@ -377,7 +419,7 @@ def _section_table1(run: Run, paper: Paper | None, model: str | None, out: Path)
                     str(c["lm_eval_task"]),
                     str(c["n_shot"]),
                     str(c["chat_template"]),
-                    str(c["limit"]),
+                    "–" if c["limit"] is None else str(c["limit"]),
                     str(c["n"]),
                     f"{c['metric']}",
                     "; ".join(f"{k} {pct(v)}" for k, v in c["metrics"].items()),
@@ -392,7 +434,16 @@ def _section_table1(run: Run, paper: Paper | None, model: str | None, out: Path)
 
 def _settings(cell: dict) -> str:
     chat = "chat template" if cell["chat_template"] else "no chat template"
-    return f"`{cell['lm_eval_task']}`, {cell['filter']}, {cell['n_shot']}-shot, {chat}"
+    limit = "" if cell["limit"] is None else f", limit {cell['limit']}"
+    return f"lm-eval `{cell['lm_eval_task']}`, {cell['n_shot']}-shot, {chat}{limit}"
+
+
+def metric_label(metric: str) -> str:
+    """Short name of an lm-eval `metric,filter` key: the filter of exact_match, the metric of filter none."""
+    name, _, filt = metric.partition(",")
+    if filt in ("", "none"):
+        return name
+    return filt if name == "exact_match" else metric
 
 
 def _section_traces(run: Run, out: Path) -> tuple[dict, list[Block]]:
@@ -690,6 +741,7 @@ def _save(fig, path: Path) -> None:
 
 def _plot_progressive(curves: dict[str, list[tuple[int, bool]]], path: Path) -> None:
     import numpy as np
+    from matplotlib.ticker import MaxNLocator
 
     fig, ax = _figure()
     colors = {"trained": "tab:blue", "frozen": "tab:gray", "zero_shot": "tab:orange"}
@@ -715,7 +767,8 @@ def _plot_progressive(curves: dict[str, list[tuple[int, bool]]], path: Path) -> 
         )
     ax.set_xlabel("training questions seen")
     ax.set_ylabel("progressive accuracy (%)")
-    ax.set_ylim(0, 100)
+    ax.set_ylim(-2, 102)  # a curve at 0% or 100% stays visible off the axis
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_title("Progressive validation accuracy (95% Wilson bands)")
     ax.grid(alpha=0.3)
     ax.legend(loc="best")
@@ -900,6 +953,7 @@ def build_report(run_dir: Path | str, folder: Path) -> tuple[dict, list[Block]]:
 def write_report(run_dir: Path, out: Path | None = None) -> Path:
     """Write RUN/report/{report.md, report.html, report.json, *.png}; copy the folder to `out` when given.
 
+    RUN/report is rebuilt from scratch; in `out`, report files this report no longer has are removed.
     Returns the path of report.md (in `out` when given, else in RUN/report).
     """
     run_dir = Path(run_dir)
@@ -914,5 +968,8 @@ def write_report(run_dir: Path, out: Path | None = None) -> Path:
     if out is None:
         return folder / "report.md"
     out = Path(out)
+    for name in REPORT_FILES:  # a PNG of an earlier report whose section is now skipped must not linger
+        if (out / name).is_file() and not (folder / name).exists():
+            (out / name).unlink()
     shutil.copytree(folder, out, dirs_exist_ok=True)
     return out / "report.md"

@@ -49,24 +49,37 @@ def lora_rank_bound(rank: int) -> int:
     raise ValueError(f"LoRA rank {rank} exceeds vLLM's largest max_lora_rank {_LORA_RANKS[-1]}")
 
 
+def _sigmoid(x: float) -> float:
+    """softmax([a, b])[0] with x = a - b, without overflow for large |x|."""
+    if x >= 0:
+        return 1.0 / (1.0 + math.exp(-x))
+    e = math.exp(x)
+    return e / (1.0 + e)
+
+
 class VLLMBackend:
+    """The Backend protocol over one offline `vllm.LLM`; adapters are LoRA requests, versioned by id."""
+
     def __init__(
         self,
         model_path: str,
         tokenizer,
         adapter_source: Any | None,
-        dtype: str = "float32",
-        max_lora_rank: int = 8,
-        workdir: Path | str = "vllm-adapters",
+        dtype: str,
+        max_lora_rank: int,
+        workdir: Path | str,
         seed: int = 0,
         **llm_kwargs: Any,
     ) -> None:
         """Start the engine on the base model folder and register the adapters of `adapter_source`.
 
         `model_path` must hold the base weights without LoRA (save them before wrapping with peft: peft
-        injects its layers in place). `tokenizer` is the harness tokenizer: it is saved into `workdir` and
-        handed to vLLM so both backends share ids and EOS. `llm_kwargs` go to `vllm.LLM` (e.g.
-        `enforce_eager=True`, `max_model_len=...`) and override the defaults set here.
+        injects its layers in place) and the tokenizer files (vLLM loads them, though only token ids cross
+        this API). `tokenizer` is the harness tokenizer: its EOS is the one stop token, as in the HF backend.
+        `adapter_source` is the peft model carrying the named adapters (None: base model only, LoRA off).
+        `workdir` receives the saved adapter versions (superseded ones are deleted).
+        `llm_kwargs` go to `vllm.LLM` (e.g. `enforce_eager=True`, `max_model_len=...`) and override the
+        defaults set here.
         """
         from vllm import LLM
 
@@ -81,20 +94,21 @@ class VLLMBackend:
         self.cached_tokens = 0
         """Of those, tokens vLLM served from its prefix cache."""
 
-        tokenizer_dir = self.workdir / "tokenizer"
-        tokenizer.save_pretrained(tokenizer_dir)
         kwargs: dict[str, Any] = {
             "model": model_path,
-            "tokenizer": str(tokenizer_dir),
             "dtype": dtype,
             "seed": seed,
             "enable_prefix_caching": True,
             "logprobs_mode": "processed_logprobs",
         }
         if self.names:
+            # vLLM refuses adapters above max_lora_rank: raise it to fit the peft configs' ranks.
+            ranks = [max_lora_rank]
+            for cfg in adapter_source.peft_config.values():
+                ranks += [cfg.r, *(cfg.rank_pattern or {}).values()]
             # One slot per agent so switching Answer <-> Stop never evicts.
             kwargs.update(enable_lora=True, max_loras=max(2, len(self.names)),
-                          max_lora_rank=lora_rank_bound(max_lora_rank))
+                          max_lora_rank=lora_rank_bound(max(ranks)))
         kwargs.update(llm_kwargs)
         if kwargs["logprobs_mode"] not in ("processed_logprobs", "raw_logprobs"):
             raise ValueError("VLLMBackend needs log-probabilities, not logits: logprobs_mode must be "
@@ -142,7 +156,7 @@ class VLLMBackend:
 
         outputs = self.llm.generate([TokensPrompt(prompt_token_ids=list(p)) for p in prompts], params,
                                     lora_request=self.lora_request(adapter), use_tqdm=False)
-        self.prefill_tokens += sum(len(p) for p in prompts) * params[0].n if params else 0
+        self.prefill_tokens += sum(len(p) * sp.n for p, sp in zip(prompts, params))
         self.cached_tokens += sum(o.num_cached_tokens or 0 for o in outputs)
         return outputs
 
@@ -206,11 +220,15 @@ class VLLMBackend:
         for request in self._run(prompts, [params] * len(prompts), adapter):
             step = request.outputs[0].logprobs[0]
             yes, no = step[yes_id].logprob, step[no_id].logprob
-            if rule == "yes_prob":
-                probs.append(math.exp(yes))
-            else:
-                probs.append(1.0 / (1.0 + math.exp(no - yes)))
+            probs.append(math.exp(yes) if rule == "yes_prob" else _sigmoid(yes - no))
         return probs
+
+    def close(self) -> None:
+        """Stop the engine (and its process) now rather than at interpreter exit, when logging is gone."""
+        engine = getattr(self, "llm", None)
+        if engine is not None:
+            engine.llm_engine.engine_core.shutdown()
+            self.llm = None
 
     def adapters_updated(self, names: list[str]) -> None:
         """Re-save these adapters from the peft model and serve them under new LoRA ids."""

@@ -116,9 +116,7 @@ def process_results(doc: dict, results: list[str]) -> dict[str, int]:
 
 
 def get_unnormalized_answer(text: str) -> str:
-    match = re.search(
-        r"Final Answer: The final answer is(.*?). I hope it is correct.", text + "I hope it is correct."
-    )
+    match = re.search(r"Final Answer: The final answer is(.*?). I hope it is correct.", text + "I hope it is correct.")
     return match.group(1).strip() if match else INVALID_ANSWER
 
 

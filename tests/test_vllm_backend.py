@@ -1,0 +1,132 @@
+"""The vLLM backend against the HF backend on the tiny model, in fp32: same greedy ids, log-probs, EOS
+handling and Yes probabilities, with no adapter, with each adapter, and after an adapter update.
+
+Needs vllm (vllm-cpu on CPU machines): run with `tox -e vllm-cpu`; skipped where vllm is not installed.
+One engine is started per module (start-up dominates the run time).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections import Counter
+
+import pytest
+
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; vLLM's CPU default is sized for real models
+pytest.importorskip("vllm")
+
+import torch  # noqa: E402
+
+from harness.backends.hf import HFBackend  # noqa: E402
+from harness.backends.vllm import VLLMBackend  # noqa: E402
+from harness.models import load_base, with_adapters  # noqa: E402
+from harness.recipe import LoraSpec, ModelConfig  # noqa: E402
+
+pytestmark = pytest.mark.vllm
+
+TEXTS = ["What is 2+3?", "Tom has 7 apples and eats 2. How many are left?", "x", "Solve: 12*4 = "]
+MAX_NEW = 24
+TOL = 1e-3
+
+
+def fill_lora_b(model, name: str, seed: int, scale: float = 0.3) -> None:
+    """Make adapter `name` non-zero (peft initialises lora_B to zero, which would make it a no-op)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in model.modules():
+            b = getattr(module, "lora_B", None)
+            if b is not None and name in b:
+                weight = b[name].weight
+                weight.copy_(torch.randn(weight.shape, generator=gen) * scale)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """The tiny base model saved to disk, the same model with two non-zero adapters, and both backends."""
+    model, tok = load_base(ModelConfig(name="tiny", device="cpu", dtype="float32"))
+    prompts = [tok.encode(t) for t in TEXTS]
+    # Random weights rarely pick EOS: make EOS outscore the most common greedy token, so that EOS
+    # handling (stop, `finished`, lengths) is exercised on some prompts and not on others.
+    plain = HFBackend(model, tok).generate(prompts, None, MAX_NEW, 0.0)
+    common = Counter(t for row in plain for s in row for t in s.token_ids).most_common(1)[0][0]
+    with torch.no_grad():
+        model.lm_head.weight[tok.eos_token_id] = 1.5 * model.lm_head.weight[common]
+    base_dir = tmp_path_factory.mktemp("tiny-base")
+    model.save_pretrained(base_dir)
+    tok.save_pretrained(base_dir)
+    # peft injects LoRA layers in place: wrap a copy, after the base was saved.
+    peft_model = with_adapters(copy.deepcopy(model), {"answer": LoraSpec(), "stop": LoraSpec()})
+    fill_lora_b(peft_model, "answer", seed=1)
+    fill_lora_b(peft_model, "stop", seed=2)
+    hf = HFBackend(peft_model, tok)
+    vllm = VLLMBackend(str(base_dir), tok, peft_model, dtype="float32", max_lora_rank=8,
+                       workdir=tmp_path_factory.mktemp("vllm-work"), enforce_eager=True, max_model_len=256)
+    yield {"tok": tok, "prompts": prompts, "model": peft_model, "hf": hf, "vllm": vllm}
+    vllm.close()
+
+
+def ids(samples) -> list[list[list[int]]]:
+    return [[s.token_ids for s in row] for row in samples]
+
+
+def assert_same_greedy(hf, vllm, prompts, adapter) -> list[list[int]]:
+    """Greedy ids, `finished` and per-token log-probs agree; returns the ids."""
+    a = hf.generate(prompts, adapter, MAX_NEW, 0.0)
+    b = vllm.generate(prompts, adapter, MAX_NEW, 0.0)
+    assert ids(a) == ids(b), f"adapter={adapter}"
+    for row_a, row_b in zip(a, b):
+        assert row_a[0].finished == row_b[0].finished
+        assert row_a[0].logprobs == pytest.approx(row_b[0].logprobs, abs=TOL)
+    return [row[0].token_ids for row in a]
+
+
+def test_greedy_matches_hf_base_and_adapters(setup):
+    hf, vllm, prompts = setup["hf"], setup["vllm"], setup["prompts"]
+    base = assert_same_greedy(hf, vllm, prompts, None)
+    answer = assert_same_greedy(hf, vllm, prompts, "answer")
+    stop = assert_same_greedy(hf, vllm, prompts, "stop")
+    assert answer != base and stop != base and answer != stop, "adapters must change outputs"
+    eos = setup["tok"].eos_token_id
+    ends = [row[-1] == eos for row in base + answer + stop]
+    assert any(ends) and not all(ends), "EOS should end some samples and not others"
+
+
+def test_adapter_update_is_served(setup):
+    hf, vllm, prompts, model = setup["hf"], setup["vllm"], setup["prompts"], setup["model"]
+    before = vllm.generate(prompts, "answer", MAX_NEW, 0.0)
+    old_id = vllm.lora_request("answer").lora_int_id
+    fill_lora_b(model, "answer", seed=3)  # an online step changes the weights in place
+    vllm.adapters_updated(["answer"])
+    assert vllm.lora_request("answer").lora_int_id != old_id
+    after = assert_same_greedy(hf, vllm, prompts, "answer")
+    assert after != [row[0].token_ids for row in before], "the update must change outputs"
+    assert_same_greedy(hf, vllm, prompts, "stop")  # the other adapter is untouched
+
+
+@pytest.mark.parametrize("rule", ["yes_vs_no", "yes_prob"])
+@pytest.mark.parametrize("adapter", [None, "answer", "stop"])
+def test_yes_probability_matches_hf(setup, adapter, rule):
+    tok = setup["tok"]
+    yes_id, no_id = tok.convert_tokens_to_ids("Y"), tok.convert_tokens_to_ids("N")
+    a = setup["hf"].yes_probability(setup["prompts"], adapter, yes_id, no_id, rule)
+    b = setup["vllm"].yes_probability(setup["prompts"], adapter, yes_id, no_id, rule)
+    assert b == pytest.approx(a, abs=TOL)
+
+
+def test_sampling_is_seeded_and_logprobs_are_of_the_sampling_distribution(setup):
+    """Seeded sampling repeats; each log-prob is the token's under softmax(logits / T) (HF's scores)."""
+    vllm, model, prompts = setup["vllm"], setup["model"], setup["prompts"]
+    temperature = 0.8
+    a = vllm.generate(prompts, "answer", 8, temperature, n=3, seed=7)
+    assert ids(a) == ids(vllm.generate(prompts, "answer", 8, temperature, n=3, seed=7))
+    assert all(len(row) == 3 for row in a) and len({tuple(s.token_ids) for row in a for s in row}) > 1
+    model.set_adapter("answer")
+    with torch.no_grad():
+        for prompt, row in zip(prompts, a):
+            for s in row:
+                full = torch.tensor([prompt + s.token_ids])
+                logits = model(input_ids=full).logits[0, len(prompt) - 1 : -1].float()
+                expected = torch.log_softmax(logits / temperature, -1).gather(
+                    -1, torch.tensor(s.token_ids).unsqueeze(-1)).squeeze(-1)
+                assert s.logprobs == pytest.approx(expected.tolist(), abs=TOL)
