@@ -155,17 +155,19 @@ def test_math500_runs_offline_with_minerva_prompt(base_run: tuple[Path, dict]) -
     assert prompt.count("Final Answer: The final answer is") == 4 and prompt.endswith("\n\nSolution:")
 
 
-def test_chat_template_zero_shot_is_recorded(tmp_path: Path) -> None:
+def test_chat_template_is_recorded(tmp_path: Path) -> None:
     cfg = EvalConfig(
-        tasks=[EvalTask(name="arith", lm_eval_task="harness_arith", num_fewshot=0, limit=2)],
+        tasks=[EvalTask(name="arith", lm_eval_task="harness_arith", num_fewshot=2, limit=2)],
         apply_chat_template=True,
         max_gen_toks=8,
     )
     model, tok = tiny()
     rec = evaluate_model(model, tok, cfg, tmp_path, "chat")["arith"]
-    assert rec["chat_template"] is True and rec["n_shot"] == 0 and rec["n"] == 2
+    assert rec["chat_template"] is True and rec["n_shot"] == 2 and rec["n"] == 2
     prompt = read_samples(tmp_path / "chat" / "arith" / "samples.jsonl")[0]["arguments"][0][0]
+    # few-shot examples as earlier chat turns (lm-eval's fewshot_as_multiturn), then the question
     assert prompt.startswith("<|im_start|>user\nQuestion: ") and prompt.endswith("<|im_start|>assistant\n")
+    assert prompt.count("<|im_start|>user") == 3 and prompt.count("<|im_start|>assistant") == 3
 
 
 # ------------------------------------------------------------------------------------------------ 3

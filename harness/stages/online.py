@@ -157,9 +157,21 @@ def load_checkpoint(folder: Path, model, learners: dict[str, DPOLearner]) -> int
         return 0
     meta = json.loads(latest.read_text())
     ckpt = folder / "checkpoint" / meta["checkpoint"]
-    for name, state in torch.load(ckpt / "adapters.pt").items():
-        load_adapter_state(model, name, state)
+    load_adapters_file(ckpt / "adapters.pt", model)
     states = torch.load(ckpt / "learners.pt")
     for agent, learner in learners.items():
         learner.load_state_dict(states[agent])
     return meta["position"]
+
+
+def load_trained_adapters(folder: Path, model) -> None:
+    """Put the finished online stage's adapters (its last checkpoint, bit-exact) on `model`."""
+    if not (folder / "done.json").is_file():
+        raise RuntimeError(f"{folder} has no finished online stage: run `harness run online` first")
+    meta = json.loads((folder / "checkpoint" / "latest.json").read_text())
+    load_adapters_file(folder / "checkpoint" / meta["checkpoint"] / "adapters.pt", model)
+
+
+def load_adapters_file(path: Path, model) -> None:
+    for name, state in torch.load(path).items():
+        load_adapter_state(model, name, state)

@@ -1,0 +1,181 @@
+"""Shared fixtures: a private HARNESS_CACHE, no network, tiny models built in-process."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+# The tiny model gains nothing from threads, and on a busy 2-core machine torch's thread pool makes its small
+# matmuls ~10x slower. One thread here, and in every `harness` subprocess a test starts (they inherit os.environ).
+torch.set_num_threads(1)
+
+OFFLINE_ENV = {
+    "OMP_NUM_THREADS": "1",
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def harness_cache(tmp_path_factory):
+    """Every test (and every subprocess) writes converted or warmed-up weights to a session tmp folder."""
+    cache = tmp_path_factory.mktemp("harness-cache")
+    hf_home = tmp_path_factory.mktemp("hf-home")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HARNESS_CACHE", str(cache))
+        mp.setenv("HF_HOME", str(hf_home))
+        for key, value in OFFLINE_ENV.items():
+            mp.setenv(key, value)
+        yield cache
+
+
+@pytest.fixture
+def tiny_recipe():
+    """`tiny_recipe(*overrides)`: recipes/tiny.yaml with `key.sub=value` overrides."""
+    from harness.recipe import load_recipe
+
+    def make(*overrides: str):
+        return load_recipe("tiny", list(overrides))
+
+    return make
+
+
+@pytest.fixture
+def tiny_base():
+    """A fresh random tiny Llama (no warm-up, no adapters) and its character tokenizer: ~0.1 s."""
+    from harness.models import load_base
+    from harness.recipe import ModelConfig
+
+    def make(**tiny):
+        return load_base(ModelConfig(name="tiny", device="cpu", tiny=tiny))
+
+    return make
+
+
+@pytest.fixture
+def tiny_peft(tiny_base):
+    """A fresh random tiny Llama carrying zero-initialised `answer` and `stop` adapters, and its tokenizer."""
+    from harness.models import with_adapters
+    from harness.recipe import LoraSpec
+
+    def make(dropout: float = 0.05, **tiny):
+        model, tok = tiny_base(**tiny)
+        spec = LoraSpec(r=8, alpha=8, dropout=dropout)
+        return with_adapters(model, {"answer": spec, "stop": spec}), tok
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def warm_tiny(harness_cache):
+    """The recipe's warm-started tiny model, built once per session into HARNESS_CACHE (subprocesses reuse it)."""
+    from harness.models import load_base
+    from harness.recipe import load_recipe
+
+    recipe = load_recipe("tiny")
+    assert recipe.model.tiny.warmup_steps > 0
+    load_base(recipe.model)
+    cached = list(harness_cache.glob("tiny-*.safetensors"))
+    assert len(cached) == 1, cached
+    return cached[0]
+
+
+def perturb_adapter(model, name: str, seed: int = 0, scale: float = 0.5) -> None:
+    """Give adapter `name` non-zero lora_B weights (seeded), so that it changes the model's outputs."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param_name, param in model.named_parameters():
+            if f"lora_B.{name}." in param_name:
+                param.copy_(torch.randn(param.shape, generator=gen) * scale)
+
+
+@pytest.fixture
+def perturb():
+    return perturb_adapter
+
+
+@pytest.fixture
+def env_for_subprocess():
+    """Environment of a `harness` subprocess: this one's (private cache, offline, one thread)."""
+    return dict(os.environ)
+
+
+class ScriptedBackend:
+    """A fake generation backend with scripted outputs (implements harness.backends.base.Backend).
+
+    `chunks[question][partial answer text]` lists the chunks the Answer LLM writes after that partial answer: the
+    k-th call for the same (adapter, question, partial answer) gets the k-th entry (the last one once exhausted).
+    An entry ending in `<EOS>` ends with the EOS id. `stop[question][partial answer text]` is P(Yes) of the Stop
+    LLM after that partial answer; a missing entry is an error. Every call is recorded.
+    """
+
+    EOS = "<EOS>"
+
+    def __init__(self, tokenizer, prompter, chunks: dict[str, dict[str, list[str]]],
+                 stop: dict[str, dict[str, float]]) -> None:
+        self.tok, self.prompter, self.chunks, self.stop = tokenizer, prompter, chunks, stop
+        self.eos_token_id = tokenizer.eos_token_id
+        self.counts: dict[tuple, int] = {}
+        self.generate_calls: list[tuple] = []
+        self.stop_calls: list[tuple] = []
+        self.updated: list[list[str]] = []
+
+    def ids(self, text: str) -> list[int]:
+        eos = text.endswith(self.EOS)
+        text = text.removesuffix(self.EOS)
+        return self.tok.encode(text, add_special_tokens=False) + ([self.eos_token_id] if eos else [])
+
+    def _answer_split(self, prompt: list[int]) -> tuple[str, str]:
+        for question in self.chunks:
+            head = self.prompter.answer_prompt(question)
+            if prompt[: len(head)] == head:
+                return question, self.tok.decode(prompt[len(head) :])
+        raise AssertionError(f"unscripted answer prompt {self.tok.decode(prompt)!r}")
+
+    def _stop_split(self, prompt: list[int]) -> tuple[str, str]:
+        for question in self.stop:
+            marked = self.prompter.stop_prompt(question, [-1])
+            cut = marked.index(-1)
+            before, after = marked[:cut], marked[cut + 1 :]
+            if prompt[:cut] == before and prompt[len(prompt) - len(after) :] == after:
+                return question, self.tok.decode(prompt[cut : len(prompt) - len(after)])
+        raise AssertionError(f"unscripted stop prompt {self.tok.decode(prompt)!r}")
+
+    def generate(self, prompts, adapter, max_new_tokens, temperature, top_p=1.0, n=1, seed=0):
+        from harness.backends.base import Sample
+
+        out = []
+        for prompt in prompts:
+            question, partial = self._answer_split(prompt)
+            key = (adapter, question, partial)
+            k = self.counts.get(key, 0)
+            self.counts[key] = k + 1
+            options = self.chunks[question][partial]
+            text = options[min(k, len(options) - 1)]
+            ids = self.ids(text)[:max_new_tokens]
+            self.generate_calls.append((adapter, question, partial, text))
+            finished = bool(ids) and ids[-1] == self.eos_token_id
+            out.append([Sample(ids, [-1.0] * len(ids), finished) for _ in range(n)])
+        return out
+
+    def yes_probability(self, prompts, adapter, yes_id, no_id, rule="yes_vs_no"):
+        assert (yes_id, no_id) == (self.prompter.yes_id, self.prompter.no_id)
+        probs = []
+        for prompt in prompts:
+            question, partial = self._stop_split(prompt)
+            self.stop_calls.append((adapter, question, partial))
+            probs.append(self.stop[question][partial])
+        return probs
+
+    def adapters_updated(self, names):
+        self.updated.append(list(names))
+
+
+@pytest.fixture
+def scripted_backend():
+    """The ScriptedBackend class (see its docstring)."""
+    return ScriptedBackend

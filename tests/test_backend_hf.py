@@ -1,0 +1,160 @@
+"""HFBackend: adapter switching, seeding, log-probs, EOS handling, left padding and the Yes/No probability."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from harness.backends.hf import HFBackend
+from harness.models import with_adapters
+from harness.recipe import LoraSpec
+
+QUESTIONS = ["What is 1+2?", "Hi", "Ann has 7 apples and gets 5 more. How many now?", "x"]
+
+
+def encode(tok, text: str) -> list[int]:
+    return tok.encode(text, add_special_tokens=False)
+
+
+def greedy_ids(backend: HFBackend, prompts, adapter, tokens: int = 12) -> list[list[int]]:
+    return [row[0].token_ids for row in backend.generate(prompts, adapter, tokens, 0.0)]
+
+
+def plain_last_logits(model, prompt: list[int]) -> torch.Tensor:
+    """Next-token logits of one unpadded prompt: no mask, no position ids, no batch."""
+    with torch.no_grad():
+        return model(input_ids=torch.tensor([prompt])).logits[0, -1].float()
+
+
+def test_adapter_none_equals_base_model_and_zero_adapters_equal_base(tiny_base):
+    base, tok = tiny_base()
+    prompts = [encode(tok, q) for q in QUESTIONS]
+    plain = HFBackend(base, tok)
+    base_ids = greedy_ids(plain, prompts, None)
+    base_yes = plain.yes_probability(prompts, None, 5, 6)
+    with pytest.raises(ValueError, match="no adapters"):
+        plain.generate(prompts, "answer", 4, 0.0)
+
+    model, tok2 = tiny_base()  # same seed: the same random weights
+    peft = with_adapters(model, {"answer": LoraSpec(), "stop": LoraSpec()})
+    backend = HFBackend(peft, tok2)
+    for adapter in (None, "answer", "stop"):
+        assert greedy_ids(backend, prompts, adapter) == base_ids, adapter
+        assert backend.yes_probability(prompts, adapter, 5, 6) == base_yes, adapter
+    with pytest.raises(ValueError, match="unknown adapter"):
+        backend.generate(prompts, "nope", 4, 0.0)
+
+
+def test_switching_adapters_changes_outputs(tiny_base, perturb):
+    base, tok = tiny_base()
+    prompts = [encode(tok, q) for q in QUESTIONS]
+    base_ids = greedy_ids(HFBackend(base, tok), prompts, None)
+
+    model, _ = tiny_base()
+    peft = with_adapters(model, {"answer": LoraSpec(), "stop": LoraSpec()})
+    perturb(peft, "answer", seed=1)
+    backend = HFBackend(peft, tok)
+
+    answer_ids = greedy_ids(backend, prompts, "answer")
+    assert answer_ids != base_ids
+    assert greedy_ids(backend, prompts, "stop") == base_ids  # still zero
+    assert greedy_ids(backend, prompts, None) == base_ids  # adapters disabled = base model
+    assert greedy_ids(backend, prompts, "answer") == answer_ids  # switching back is stateless
+    yes_answer = backend.yes_probability(prompts, "answer", 5, 6)
+    yes_base = backend.yes_probability(prompts, None, 5, 6)
+    assert all(not math.isclose(a, b, abs_tol=1e-6) for a, b in zip(yes_answer, yes_base))
+
+
+def test_same_seed_same_samples_different_seed_different(tiny_base):
+    model, tok = tiny_base()
+    backend = HFBackend(model, tok)
+    prompts = [encode(tok, q) for q in QUESTIONS[:2]]
+
+    def draw(seed):
+        out = backend.generate(prompts, None, 16, 1.0, n=3, seed=seed)
+        return [(s.token_ids, s.logprobs, s.finished) for row in out for s in row]
+
+    first = draw(7)
+    assert len(first) == 6
+    assert draw(7) == first
+    assert draw(8) != first
+    # the n samples of one prompt are different draws
+    assert len({tuple(ids) for ids, _, _ in first[:3]}) == 3
+
+
+def test_logprobs_are_the_sampling_distribution(tiny_base):
+    model, tok = tiny_base()
+    backend = HFBackend(model, tok)
+    prompts = [encode(tok, q) for q in QUESTIONS]
+    for temperature in (1.0, 0.5):
+        out = backend.generate(prompts, None, 10, temperature, n=2, seed=3)
+        assert [len(row) for row in out] == [2] * len(prompts)
+        for prompt, row in zip(prompts, out):
+            for sample in row:
+                assert len(sample.logprobs) == len(sample.token_ids) > 0
+                with torch.no_grad():
+                    logits = model(input_ids=torch.tensor([prompt + sample.token_ids])).logits[0]
+                steps = logits[len(prompt) - 1 : -1].float() / temperature
+                manual = torch.log_softmax(steps, -1).gather(-1, torch.tensor(sample.token_ids)[:, None])[:, 0]
+                torch.testing.assert_close(torch.tensor(sample.logprobs), manual, atol=1e-4, rtol=1e-4)
+
+
+def test_finished_iff_sample_ends_with_eos(tiny_base):
+    model, tok = tiny_base()
+    backend = HFBackend(model, tok)
+    eos = tok.eos_token_id
+    prompts = [encode(tok, q) for q in QUESTIONS[:2]]
+    max_new = 40
+    samples = [s for row in backend.generate(prompts, None, max_new, 2.0, n=32, seed=5) for s in row]
+    for s in samples:
+        assert s.finished == (s.token_ids[-1] == eos)
+        assert eos not in s.token_ids[:-1]  # nothing kept after the EOS (no padding either)
+        if not s.finished:
+            assert len(s.token_ids) == max_new
+        assert len(s.token_ids) <= max_new
+    finished = sum(s.finished for s in samples)
+    assert 0 < finished < len(samples), "the hot sampling should give both EOS-ended and cut-off samples"
+
+
+def test_left_padded_batch_equals_each_prompt_alone(tiny_base):
+    model, tok = tiny_base()
+    prompts = [encode(tok, q) for q in QUESTIONS]
+    assert len({len(p) for p in prompts}) == len(prompts)
+    batched = HFBackend(model, tok).generate(prompts, None, 12, 0.0)
+    for prompt, row in zip(prompts, batched):
+        alone = HFBackend(model, tok).generate([prompt], None, 12, 0.0)[0][0]
+        assert row[0].token_ids == alone.token_ids
+        torch.testing.assert_close(torch.tensor(row[0].logprobs), torch.tensor(alone.logprobs), atol=1e-4,
+                                   rtol=1e-4)
+    # a backend that splits the batch gives the same greedy answers
+    split = HFBackend(model, tok, max_batch=3).generate(prompts, None, 12, 0.0)
+    assert [r[0].token_ids for r in split] == [r[0].token_ids for r in batched]
+
+
+@pytest.mark.parametrize("rule", ["yes_vs_no", "yes_prob"])
+def test_yes_probability_equals_manual_softmax_of_unpadded_forward(tiny_base, perturb, rule):
+    model, tok = tiny_base()
+    peft = with_adapters(model, {"answer": LoraSpec(), "stop": LoraSpec()})
+    perturb(peft, "stop", seed=2, scale=0.2)
+    backend = HFBackend(peft, tok)
+    yes_id, no_id = encode(tok, "Yes")[0], encode(tok, "No")[0]
+    prompts = [encode(tok, q) for q in QUESTIONS]  # different lengths: rows are left-padded
+
+    for adapter in ("stop", None):
+        probs = backend.yes_probability(prompts, adapter, yes_id, no_id, rule)
+        assert len(probs) == len(prompts)
+        for prompt, p in zip(prompts, probs):
+            assert 0.0 <= p <= 1.0
+            with backend.adapter(adapter):
+                logits = plain_last_logits(peft, prompt)
+            if rule == "yes_vs_no":
+                manual = torch.softmax(torch.stack([logits[yes_id], logits[no_id]]), -1)[0].item()
+            else:
+                manual = torch.softmax(logits, -1)[yes_id].item()
+            assert math.isclose(p, manual, rel_tol=1e-4, abs_tol=1e-6), (adapter, prompt, p, manual)
+    # the perturbed Stop adapter is really used
+    with_stop = backend.yes_probability(prompts, "stop", yes_id, no_id, rule)
+    without = backend.yes_probability(prompts, None, yes_id, no_id, rule)
+    assert with_stop != without

@@ -1,0 +1,280 @@
+"""The Flow (chunked Answer/Stop production) and Flow-DPO's rollouts and pairs.
+
+Part one runs the real tiny model through HFBackend; part two uses a scripted backend whose outputs and
+correctness are fixed, so that the exact pairs `rollouts` + `make_pairs` must give are known.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from harness.backends.hf import HFBackend
+from harness.flow import Flow
+from harness.flow_rollout import make_pairs, nodes, rollouts
+from harness.learner import Pair
+from harness.models import tiny_tokenizer
+from harness.prompts import Prompter
+
+QUESTIONS = [
+    ("Hana has 1 apples and gets 2 more. How many apples does Hana have now?", "3"),
+    ("Fay has 9 stamps and gives away 3. How many stamps are left?", "6"),
+    ("What is 2+2?", "4"),
+    ("Ben has 1 coins and gets 1 more. How many coins does Ben have now?", "2"),
+]
+
+
+class RecordingBackend:
+    """Wraps a backend and records every call and its answer."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        self.eos_token_id = inner.eos_token_id
+        self.generated: list[tuple[list[int], list[int], bool]] = []
+        self.asked: list[tuple[list[int], float]] = []
+        self.adapters: list[tuple[str, str | None]] = []
+
+    def generate(self, prompts, adapter, max_new_tokens, temperature, top_p=1.0, n=1, seed=0):
+        out = self.inner.generate(prompts, adapter, max_new_tokens, temperature, top_p, n, seed)
+        self.adapters.append(("generate", adapter))
+        for prompt, row in zip(prompts, out):
+            self.generated.append((list(prompt), list(row[0].token_ids), row[0].finished))
+        return out
+
+    def yes_probability(self, prompts, adapter, yes_id, no_id, rule="yes_vs_no"):
+        probs = self.inner.yes_probability(prompts, adapter, yes_id, no_id, rule)
+        self.adapters.append(("stop", adapter))
+        self.asked += [(list(p), q) for p, q in zip(prompts, probs)]
+        return probs
+
+    def adapters_updated(self, names):
+        self.inner.adapters_updated(names)
+
+
+def real_flow(tiny_recipe, tiny_peft, perturb, *overrides):
+    recipe = tiny_recipe("flow.chunk_size=6", "flow.max_chunks=3", *overrides)
+    model, tok = tiny_peft()
+    perturb(model, "answer", seed=3, scale=0.1)
+    backend = RecordingBackend(HFBackend(model, tok))
+    prompter = Prompter(tok, recipe.flow, recipe.model.chat_template)
+    return Flow(backend, prompter, recipe.flow), backend, tok
+
+
+def start_all(flow):
+    return [flow.start(q, gold, "gsm8k") for q, gold in QUESTIONS]
+
+
+# ---------------------------------------------------------------- real tiny model
+
+
+def test_trace_text_is_concatenated_chunks_and_chunk_ids_are_the_generated_ids(tiny_recipe, tiny_peft, perturb):
+    flow, backend, tok = real_flow(tiny_recipe, tiny_peft, perturb)
+    traces = flow.run(start_all(flow), seed=11)
+    generated = {(tuple(p), tuple(ids)) for p, ids, _ in backend.generated}
+    asked = {tuple(p): prob for p, prob in backend.asked}
+    for (question, _), trace in zip(QUESTIONS, traces):
+        chat = tok.apply_chat_template([{"role": "user", "content": question}], tokenize=False,
+                                       add_generation_prompt=True)
+        assert trace.prompt_ids == tok.encode(chat, add_special_tokens=False)
+        assert trace.chunks and all(0 < len(c) <= 6 for c in trace.chunks)
+        assert trace.answer_ids == [t for c in trace.chunks for t in c]
+        assert trace.text == "".join(trace.chunk_texts)
+        assert trace.chunk_texts == [tok.decode(c, skip_special_tokens=True) for c in trace.chunks]
+        assert trace.text == tok.decode(trace.answer_ids, skip_special_tokens=True)
+        for i, chunk in enumerate(trace.chunks):
+            # chunk i is exactly what the backend wrote after the ids of chunks < i (never decoded + re-encoded)
+            prefix = trace.prompt_ids + [t for c in trace.chunks[:i] for t in c]
+            assert (tuple(prefix), tuple(chunk)) in generated
+        for i, prob in enumerate(trace.stop_probs):
+            stop_prompt = flow.prompter.stop_prompt(question, [t for c in trace.chunks[: i + 1] for t in c])
+            assert asked[tuple(stop_prompt)] == prob
+            assert trace.decisions[i] == (prob > 0.5)
+    assert {a for kind, a in backend.adapters if kind == "generate"} == {"answer"}
+    assert {a for kind, a in backend.adapters if kind == "stop"} == {"stop"}
+    assert flow.stats.tokens == sum(len(ids) for _, ids, _ in backend.generated)
+    assert flow.stats.stop_calls == len(backend.asked)
+
+
+def test_stop_prompt_splices_answer_ids_into_the_rendered_template(tiny_recipe):
+    recipe = tiny_recipe()
+    tok = tiny_tokenizer()
+    prompter = Prompter(tok, recipe.flow, True)
+    answer = "3 + 4 = 7"
+    text = tok.apply_chat_template([{"role": "user", "content": f"Q: What?\nA: {answer}\nDone?"}], tokenize=False,
+                                   add_generation_prompt=True)
+    assert prompter.stop_prompt("What?", tok.encode(answer, add_special_tokens=False)) == tok.encode(
+        text, add_special_tokens=False)
+    assert (prompter.yes_id, prompter.no_id) == (tok.convert_tokens_to_ids("Y"), tok.convert_tokens_to_ids("N"))
+
+
+def test_same_seed_same_traces_other_seed_other_traces(tiny_recipe, tiny_peft, perturb):
+    flow, _, _ = real_flow(tiny_recipe, tiny_peft, perturb)
+    first = [t.to_dict() for t in flow.run(start_all(flow), seed=5)]
+    assert [t.to_dict() for t in flow.run(start_all(flow), seed=5)] == first
+    assert [t.to_dict() for t in flow.run(start_all(flow), seed=6)] != first
+
+
+def test_stop_never_yes_runs_to_max_chunks(tiny_recipe, tiny_peft, perturb):
+    flow, backend, tok = real_flow(tiny_recipe, tiny_peft, perturb, "flow.stop_threshold=0.999999")
+    traces = flow.run(start_all(flow) * 2, seed=1)
+    eos = tok.eos_token_id
+    assert any(t.end == "max_chunks" for t in traces)
+    for t in traces:
+        assert 1 <= len(t.chunks) <= 3
+        assert t.end in ("max_chunks", "eos")
+        if t.end == "max_chunks":
+            assert len(t.chunks) == 3
+            assert len(t.decisions) == len(t.stop_probs) == 2  # no Stop decision after the last chunk
+            assert eos not in t.chunks[-1]
+        else:
+            assert t.chunks[-1][-1] == eos
+            assert len(t.decisions) == len(t.chunks) - 1
+        assert t.decisions == [False] * len(t.decisions)
+        assert all(eos not in c for c in t.chunks[:-1])
+    assert len(backend.asked) == sum(len(t.decisions) for t in traces)
+
+
+def test_stop_always_yes_gives_one_chunk(tiny_recipe, tiny_peft, perturb):
+    flow, backend, tok = real_flow(tiny_recipe, tiny_peft, perturb, "flow.stop_threshold=0.000001")
+    traces = flow.run(start_all(flow) * 2, seed=1)
+    for t in traces:
+        assert len(t.chunks) == 1
+        if t.chunks[0][-1] == tok.eos_token_id:
+            assert (t.end, t.decisions) == ("eos", [])
+        else:
+            assert (t.end, t.decisions) == ("stop", [True])
+            assert len(t.chunks[0]) == 6
+    assert len(backend.asked) == sum(t.end == "stop" for t in traces)
+
+
+# ---------------------------------------------------------------- scripted backend
+
+Q = "What is 3+4?"
+
+
+def scripted_flow(tiny_recipe, backend_cls, chunks, stop, *overrides, question=Q):
+    recipe = tiny_recipe(*overrides)
+    tok = tiny_tokenizer()
+    prompter = Prompter(tok, recipe.flow, recipe.model.chat_template)
+    backend = backend_cls(tok, prompter, {question: chunks}, {question: stop})
+    return Flow(backend, prompter, recipe.flow), backend, tok
+
+
+def ids(tok, text):
+    return tok.encode(text, add_special_tokens=False)
+
+
+def test_a_question_without_an_answer_is_graded_wrong(tiny_recipe, scripted_backend):
+    chunks = {"": ["I do not know<EOS>"]}
+    flow, backend, _ = scripted_flow(tiny_recipe, scripted_backend, chunks, {})
+    (trace,) = flow.run([flow.start(Q, "7", "gsm8k")], seed=0)
+    assert (trace.text, trace.extracted, trace.correct, trace.end) == ("I do not know", None, False, "eos")
+    assert backend.stop_calls == []  # an EOS chunk ends the Flow without asking Stop
+
+    branches = rollouts(flow, trace, per_node=1, tries=2, seed=1)
+    assert [node for node, _ in branches] == [("answer", 0)]
+    assert make_pairs(flow, trace, branches) == []  # both wrong: no pair, no crash
+
+
+def test_eos_ends_flow_false_asks_stop_after_an_eos_chunk(tiny_recipe, scripted_backend):
+    chunks = {"": ["3+4<EOS>"], "3+4<|im_end|>": ["=7"]}
+    stop = {"3+4<|im_end|>": 0.1}
+    flow, backend, tok = scripted_flow(tiny_recipe, scripted_backend, chunks, stop, "flow.eos_ends_flow=false",
+                                       "flow.max_chunks=2")
+    (trace,) = flow.run([flow.start(Q, "7", "gsm8k")], seed=0)
+    assert trace.chunks == [ids(tok, "3+4") + [tok.eos_token_id], ids(tok, "=7")]
+    assert (trace.end, trace.decisions, trace.text, trace.correct) == ("max_chunks", [False], "3+4=7", True)
+    assert backend.stop_calls == [("stop", Q, "3+4<|im_end|>")]
+
+
+def scenario_one(tiny_recipe, scripted_backend):
+    """Main chain 3+4 | No | =7 | Yes -> correct. Rollouts: answer 0 -> 3+5 .. =8 wrong; stop 0 -> Yes: "3+4"
+    wrong; answer 1 -> =7! correct (agrees: no pair); stop 1 -> No, then chunk 0: "3+4=70" wrong."""
+    chunks = {"": ["3+4", "3+5"], "3+4": ["=7", "=7!"], "3+5": ["=8"], "3+4=7": ["0"]}
+    stop = {"3+4": 0.2, "3+5": 0.2, "3+4=7": 0.9, "3+5=8": 0.9, "3+4=7!": 0.9}
+    return scripted_flow(tiny_recipe, scripted_backend, chunks, stop, "flow.max_chunks=3")
+
+
+def test_rollouts_and_pairs_are_exactly_the_expected_ones(tiny_recipe, scripted_backend):
+    flow, backend, tok = scenario_one(tiny_recipe, scripted_backend)
+    (main,) = flow.run([flow.start(Q, "7", "gsm8k")], seed=0)
+    assert main.chunks == [ids(tok, "3+4"), ids(tok, "=7")]
+    assert (main.stop_probs, main.decisions, main.end) == ([0.2, 0.9], [False, True], "stop")
+    assert (main.text, main.extracted, main.correct) == ("3+4=7", "7", True)
+    assert nodes(main) == [("answer", 0), ("stop", 0), ("answer", 1), ("stop", 1)]
+
+    branches = rollouts(flow, main, per_node=1, tries=4, seed=1)
+    alts = {node: alt for node, alt in branches}
+    assert [node for node, _ in branches] == nodes(main)
+    assert (alts["answer", 0].text, alts["answer", 0].decisions, alts["answer", 0].correct) == (
+        "3+5=8", [False, True], False)
+    assert (alts["stop", 0].text, alts["stop", 0].decisions, alts["stop", 0].end) == ("3+4", [True], "stop")
+    assert alts["stop", 0].stop_probs == [None]  # a forced decision, not asked
+    assert (alts["answer", 1].text, alts["answer", 1].correct) == ("3+4=7!", True)
+    assert (alts["stop", 1].text, alts["stop", 1].decisions, alts["stop", 1].end) == (
+        "3+4=70", [False, False], "max_chunks")
+    # the forced decisions were not asked of the Stop LLM: only main (2) + answer-0 rollout (2) + answer-1 (1)
+    assert len(backend.stop_calls) == 5
+
+    prompter = flow.prompter
+    answer_prompt = prompter.answer_prompt(Q)
+    yes, no = [prompter.yes_id], [prompter.no_id]
+    expected = [
+        Pair("answer", answer_prompt, ids(tok, "3+4"), ids(tok, "3+5"), "answer:0"),
+        Pair("stop", prompter.stop_prompt(Q, ids(tok, "3+4")), no, yes, "stop:0"),
+        Pair("stop", prompter.stop_prompt(Q, ids(tok, "3+4=7")), yes, no, "stop:1"),
+    ]
+    assert make_pairs(flow, main, branches) == expected
+    assert yes == ids(tok, "Y") and no == ids(tok, "N")
+
+
+def test_pairs_when_the_main_chain_is_wrong(tiny_recipe, scripted_backend):
+    """Chosen is always the output on the path that ended correct, here the rollout's."""
+    chunks = {"": ["3+5", "3+4"], "3+5": ["=8"], "3+4": ["=7"], "3+5=8": ["!"]}
+    stop = {"3+5": 0.2, "3+4": 0.2, "3+5=8": 0.7, "3+4=7": 0.7}
+    flow, _, tok = scripted_flow(tiny_recipe, scripted_backend, chunks, stop, "flow.max_chunks=3")
+    (main,) = flow.run([flow.start(Q, "7", "gsm8k")], seed=0)
+    assert (main.text, main.correct) == ("3+5=8", False)
+    pairs = make_pairs(flow, main, rollouts(flow, main, per_node=1, tries=4, seed=1))
+    prompter = flow.prompter
+    # answer 0: 3+4 .. =7 correct -> chosen; stop 0 (forced Yes: "3+5") wrong; answer 1 resample "=8" equals the
+    # original after every try and stays wrong; stop 1 (forced No: "3+5=8!") wrong.
+    assert pairs == [Pair("answer", prompter.answer_prompt(Q), ids(tok, "3+4"), ids(tok, "3+5"), "answer:0")]
+
+
+def test_no_pair_when_the_resampled_chunk_equals_the_original(tiny_recipe, scripted_backend):
+    chunks = {"": ["3+4"], "3+4": ["=7", "=9"]}  # the first chunk is always the same
+    stop = {"3+4": 0.1}
+    flow, backend, tok = scripted_flow(tiny_recipe, scripted_backend, chunks, stop, "flow.max_chunks=2")
+    (main,) = flow.run([flow.start(Q, "7", "gsm8k")], seed=0)
+    assert (main.text, main.correct, main.end) == ("3+4=7", True, "max_chunks")
+
+    branches = rollouts(flow, main, per_node=1, tries=3, seed=1)
+    alts = dict(branches)
+    # answer 0: three draws, all equal to the original; the rollout keeps it and goes on to a wrong end
+    assert sum(1 for a, _, p, _ in backend.generate_calls if a == "answer" and p == "") == 1 + 3
+    assert alts["answer", 0].chunks[0] == main.chunks[0]
+    assert (alts["answer", 0].text, alts["answer", 0].correct) == ("3+4=9", False)
+    prompter = flow.prompter
+    assert make_pairs(flow, main, branches) == [
+        Pair("stop", prompter.stop_prompt(Q, ids(tok, "3+4")), [prompter.no_id], [prompter.yes_id], "stop:0"),
+        Pair("answer", prompter.answer_prompt(Q) + ids(tok, "3+4"), ids(tok, "=7"), ids(tok, "=9"), "answer:1"),
+    ]
+
+
+def test_resampling_stops_at_the_first_differing_chunk(tiny_recipe, scripted_backend):
+    chunks = {"": ["3+4", "3+4", "3+5", "3+6"], "3+4": ["=7"], "3+5": ["=8"]}
+    stop = {"3+4": 0.1, "3+5": 0.1}
+    flow, backend, tok = scripted_flow(tiny_recipe, scripted_backend, chunks, stop, "flow.max_chunks=2")
+    (main,) = flow.run([flow.start(Q, "7", "gsm8k")], seed=0)
+    branches = rollouts(flow, main, per_node=1, tries=4, seed=1)
+    assert dict(branches)["answer", 0].chunks[0] == ids(tok, "3+5")
+    assert sum(1 for a, _, p, _ in backend.generate_calls if p == "") == 1 + 2
+
+
+@pytest.mark.parametrize("per_node", [1, 2])
+def test_rollouts_per_node(tiny_recipe, scripted_backend, per_node):
+    flow, _, _ = scenario_one(tiny_recipe, scripted_backend)
+    (main,) = flow.run([flow.start(Q, "7", "gsm8k")], seed=0)
+    branches = rollouts(flow, main, per_node=per_node, tries=4, seed=1)
+    assert [node for node, _ in branches] == [node for node in nodes(main) for _ in range(per_node)]
+    assert all(alt.done for _, alt in branches)
