@@ -94,6 +94,21 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return code
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from harness.bench import bench_flow
+
+    result = bench_flow(load_recipe(args.recipe, args.overrides), args.questions)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        from tabulate import tabulate
+
+        flat = {k: v for k, v in result.items() if not isinstance(v, dict)}
+        flat |= {f"{k} (s)": v for k, v in result["phase_seconds"].items()}
+        print(tabulate(flat.items(), headers=["measure", "value"], floatfmt=".3g"))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from harness.pipeline import STAGES
 
@@ -128,6 +143,15 @@ def build_parser() -> argparse.ArgumentParser:
     reproduce.add_argument("--run-dir")
     reproduce.add_argument("overrides", nargs="*", help="key.sub=value")
     reproduce.set_defaults(func=cmd_reproduce)
+
+    bench = sub.add_parser("bench", help="benchmarks that print their figures")
+    bench_sub = bench.add_subparsers(dest="bench", required=True)
+    flow = bench_sub.add_parser("flow", help="batched Flow engine vs naive generation vs plain batched generate")
+    flow.add_argument("--recipe", required=True)
+    flow.add_argument("--questions", type=int, default=8)
+    flow.add_argument("--json", action="store_true", help="print one JSON object")
+    flow.add_argument("overrides", nargs="*", help="key.sub=value")
+    flow.set_defaults(func=cmd_bench)
 
     report = sub.add_parser("report", help="write RUN/report/ (markdown, HTML, PNGs) from a run folder")
     report.add_argument("run")

@@ -59,8 +59,8 @@ def real_flow(tiny_recipe, tiny_peft, perturb, *overrides):
     return Flow(backend, prompter, recipe.flow), backend, tok
 
 
-def start_all(flow):
-    return [flow.start(q, gold, "gsm8k") for q, gold in QUESTIONS]
+def start_all(flow, times: int = 1):
+    return [flow.start(q, gold, "gsm8k") for _ in range(times) for q, gold in QUESTIONS]
 
 
 # ---------------------------------------------------------------- real tiny model
@@ -115,7 +115,7 @@ def test_same_seed_same_traces_other_seed_other_traces(tiny_recipe, tiny_peft, p
 
 def test_stop_never_yes_runs_to_max_chunks(tiny_recipe, tiny_peft, perturb):
     flow, backend, tok = real_flow(tiny_recipe, tiny_peft, perturb, "flow.stop_threshold=0.999999")
-    traces = flow.run(start_all(flow) * 2, seed=1)
+    traces = flow.run(start_all(flow, 2), seed=1)
     eos = tok.eos_token_id
     assert any(t.end == "max_chunks" for t in traces)
     for t in traces:
@@ -135,7 +135,7 @@ def test_stop_never_yes_runs_to_max_chunks(tiny_recipe, tiny_peft, perturb):
 
 def test_stop_always_yes_gives_one_chunk(tiny_recipe, tiny_peft, perturb):
     flow, backend, tok = real_flow(tiny_recipe, tiny_peft, perturb, "flow.stop_threshold=0.000001")
-    traces = flow.run(start_all(flow) * 2, seed=1)
+    traces = flow.run(start_all(flow, 2), seed=1)
     for t in traces:
         assert len(t.chunks) == 1
         if t.chunks[0][-1] == tok.eos_token_id:
@@ -152,7 +152,7 @@ Q = "What is 3+4?"
 
 
 def scripted_flow(tiny_recipe, backend_cls, chunks, stop, *overrides, question=Q):
-    recipe = tiny_recipe(*overrides)
+    recipe = tiny_recipe("flow.chunk_size=64", *overrides)
     tok = tiny_tokenizer()
     prompter = Prompter(tok, recipe.flow, recipe.model.chat_template)
     backend = backend_cls(tok, prompter, {question: chunks}, {question: stop})

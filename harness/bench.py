@@ -1,0 +1,84 @@
+"""`harness bench flow`: what the batched Flow engine buys over naive generation, and how close it is to the ceiling.
+
+On the same questions it measures
+  (a) engine:  the Flow's main chain, then one rollout from every node continued to the end, all rollouts of a
+               question in one batch (exactly what online learning does);
+  (b) naive:   the same work one sequence at a time (every chunk re-encodes its prefix, as (a) does too);
+  (c) ceiling: plain batched `generate` of the same model, at the engine's mean rollout batch size.
+Speeds are generated answer tokens per second of wall time (stop decisions count as time, not tokens).
+"""
+
+from __future__ import annotations
+
+import time
+
+from harness.data import load_source
+from harness.engine import Engine
+from harness.flow import Flow
+from harness.flow_rollout import nodes, rollouts
+from harness.recipe import Recipe
+from harness.seeds import seed_for
+
+
+def bench_flow(recipe: Recipe, questions: int) -> dict:
+    engine = Engine(recipe)
+    records = load_source(recipe.data.train).records[:questions]
+    cfg = recipe.online
+    engine.single_pass(records[:1], 0.0, 0)  # warm-up: first-call allocations are not the engine's cost
+
+    flow = Flow(engine.backend, engine.prompter, recipe.flow)
+    start = time.perf_counter()
+    main_seconds, batch_sizes = 0.0, []
+    for index, record in enumerate(records):
+        t0 = time.perf_counter()
+        main = flow.run([flow.start(record.question, record.answer, record.task)], seed_for(cfg.seed, index))[0]
+        main_seconds += time.perf_counter() - t0
+        branches = rollouts(flow, main, cfg.rollouts_per_node, cfg.max_resample_tries, seed_for(cfg.seed, index, "r"))
+        batch_sizes.append(len(branches))
+    engine_seconds = time.perf_counter() - start
+    engine_stats = flow.stats
+
+    naive = Flow(engine.backend, engine.prompter, recipe.flow)
+    start = time.perf_counter()
+    for index, record in enumerate(records):
+        main = naive.run([naive.start(record.question, record.answer, record.task)], seed_for(cfg.seed, index))[0]
+        alts = [naive.branch(main, node, cfg.max_resample_tries) for node in nodes(main)
+                for _ in range(cfg.rollouts_per_node)]
+        for k, alt in enumerate(alts):  # one sequence at a time
+            naive.run([alt], seed_for(cfg.seed, index, "naive", k))
+    naive_seconds = time.perf_counter() - start
+
+    batch = max(1, round(sum(batch_sizes) / len(batch_sizes)))
+    prompts = [engine.prompter.answer_prompt(r.question) for r in records][:batch]
+    prompts += prompts * (batch // max(1, len(prompts)))
+    prompts = prompts[:batch]
+    start = time.perf_counter()
+    samples = engine.backend.generate(prompts, "answer", recipe.flow.chunk_size * recipe.flow.max_chunks,
+                                      recipe.flow.temperature, recipe.flow.top_p, seed=1)
+    ceiling_seconds = time.perf_counter() - start
+    ceiling_tokens = sum(len(s[0].token_ids) for s in samples)
+
+    engine_tps = engine_stats.tokens / engine_seconds
+    naive_tps = naive.stats.tokens / naive_seconds
+    ceiling_tps = ceiling_tokens / ceiling_seconds
+    return {
+        "recipe": recipe.name,
+        "questions": len(records),
+        "mean_rollout_batch": sum(batch_sizes) / len(batch_sizes),
+        "engine_tokens": engine_stats.tokens,
+        "engine_seconds": engine_seconds,
+        "engine_tokens_per_s": engine_tps,
+        "naive_tokens": naive.stats.tokens,
+        "naive_seconds": naive_seconds,
+        "naive_tokens_per_s": naive_tps,
+        "speedup": engine_tps / naive_tps,
+        "ceiling_batch": batch,
+        "ceiling_tokens_per_s": ceiling_tps,
+        "ceiling_fraction": engine_tps / ceiling_tps,
+        "phase_seconds": {
+            "main_chain": main_seconds,
+            "rollouts": engine_seconds - main_seconds,
+            "answer_generation": engine_stats.generate_seconds,
+            "stop_decisions": engine_stats.stop_seconds,
+        },
+    }

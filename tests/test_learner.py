@@ -1,0 +1,239 @@
+"""DPOLearner: exact step-0 numbers, learning, adapter isolation, NaN handling and batch semantics."""
+
+from __future__ import annotations
+
+import io
+import math
+
+import pytest
+import torch
+
+import harness.learner as learner_mod
+from harness.learner import DPOLearner, NonFiniteLoss, Pair, completion_logps, dpo_loss
+from harness.models import adapter_state
+from harness.recipe import OnlineConfig
+
+
+def cfg(**kw) -> OnlineConfig:
+    base = {"questions": 1, "lr": 1e-3, "batch_pairs": 1, "micro_batch_pairs": 8, "beta": 1.0}
+    return OnlineConfig(**(base | kw))
+
+
+def enc(tok, text: str) -> list[int]:
+    return tok.encode(text, add_special_tokens=False)
+
+
+def answer_pairs(tok) -> list[Pair]:
+    return [
+        Pair("answer", enc(tok, "What is 1+2? "), enc(tok, "3"), enc(tok, "1+2 is 4")),
+        Pair("answer", enc(tok, "Ann has 7 apples and eats 2."), enc(tok, " 7 - 2 = 5"), enc(tok, " 9"), "answer:1"),
+        Pair("answer", enc(tok, "x"), enc(tok, "The answer is: 12"), enc(tok, "The answer is: 21")),
+    ]
+
+
+def stop_pairs(tok) -> list[Pair]:
+    yes, no = enc(tok, "Y"), enc(tok, "N")
+    return [Pair("stop", enc(tok, "Q: 1+2?\nA: 3\nDone?"), yes, no, "stop:0"),
+            Pair("stop", enc(tok, "Q: 1+2?\nA: 1+\nDone?"), no, yes, "stop:0")]
+
+
+def margins_now(model, agent: str, pairs: list[Pair], pad_id: int, beta: float = 1.0) -> torch.Tensor:
+    """beta * (policy log-ratio chosen - rejected) of the adapter in eval mode, reference = adapters disabled."""
+    prompts = [p.prompt_ids for p in pairs] * 2
+    completions = [p.chosen_ids for p in pairs] + [p.rejected_ids for p in pairs]
+    model.eval()
+    with torch.no_grad():
+        with model.disable_adapter():
+            ref = completion_logps(model, prompts, completions, pad_id)
+        model.set_adapter(agent)
+        policy = completion_logps(model, prompts, completions, pad_id)
+    n = len(pairs)
+    return dpo_loss(policy[:n], policy[n:], ref[:n], ref[n:], beta)[1]
+
+
+def snapshot(model) -> dict[str, torch.Tensor]:
+    return {name: p.detach().clone() for name, p in model.named_parameters()}
+
+
+def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.dtype == b.dtype and a.shape == b.shape and bytes(a.numpy().tobytes()) == bytes(b.numpy().tobytes())
+
+
+@pytest.fixture
+def spy_margins(monkeypatch):
+    """Records the per-pair margins of every dpo_loss call the learner makes."""
+    seen: list[torch.Tensor] = []
+
+    def spy(*args, **kwargs):
+        loss, margin = dpo_loss(*args, **kwargs)
+        seen.append(margin.detach().clone())
+        return loss, margin
+
+    monkeypatch.setattr(learner_mod, "dpo_loss", spy)
+    return seen
+
+
+@pytest.mark.parametrize("agent", ["answer", "stop"])
+def test_step_zero_margins_are_exactly_zero_and_loss_is_log2(tiny_peft, spy_margins, agent):
+    model, tok = tiny_peft()  # LoRA dropout 0.05 is active in the step: B = 0 still makes every delta exactly 0
+    pairs = answer_pairs(tok) + stop_pairs(tok)
+    n = sum(p.agent == agent for p in pairs)
+    learner = DPOLearner(model, agent, cfg(batch_pairs=n, micro_batch_pairs=2), tok.pad_token_id)
+    learner.add(pairs)
+    stats = learner.step(seed=0)
+    assert torch.cat(spy_margins).tolist() == [0.0] * n
+    assert stats["margin"] == 0.0
+    assert math.isclose(stats["loss"], math.log(2), rel_tol=1e-6)
+    assert (stats["pairs"], stats["accuracy"]) == (n, 0.0)
+
+
+def test_dpo_loss_formula():
+    pc, pr, rc, rr = (torch.tensor([v]) for v in (-1.0, -3.0, -2.0, -2.5))
+    loss, margin = dpo_loss(pc, pr, rc, rr, beta=0.5)
+    expected_margin = 0.5 * ((-1.0 + 2.0) - (-3.0 + 2.5))
+    assert math.isclose(margin.item(), expected_margin, rel_tol=1e-6)
+    assert math.isclose(loss.item(), math.log1p(math.exp(-expected_margin)), rel_tol=1e-6)
+    smooth, _ = dpo_loss(pc, pr, rc, rr, beta=0.5, label_smoothing=0.2)
+    expected = 0.8 * math.log1p(math.exp(-expected_margin)) + 0.2 * math.log1p(math.exp(expected_margin))
+    assert math.isclose(smooth.item(), expected, rel_tol=1e-6)
+
+
+def test_completion_logps_matches_token_by_token_sum(tiny_base):
+    model, tok = tiny_base()
+    prompts = [enc(tok, "What is 1+2?"), enc(tok, "x")]
+    completions = [enc(tok, " 3"), enc(tok, "The answer is: 12")]
+    got = completion_logps(model, prompts, completions, tok.pad_token_id)  # right-padded batch of two
+    for row, (prompt, completion) in enumerate(zip(prompts, completions)):
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([prompt + completion])).logits[0].float()
+        logp = torch.log_softmax(logits, -1)
+        manual = sum(logp[len(prompt) - 1 + j, t].item() for j, t in enumerate(completion))
+        assert math.isclose(got[row].item(), manual, rel_tol=1e-5, abs_tol=1e-4)
+
+
+def test_the_learner_learns_a_fixed_pair(tiny_peft):
+    model, tok = tiny_peft()
+    pair = answer_pairs(tok)[:1]
+    learner = DPOLearner(model, "answer", cfg(lr=1e-2), tok.pad_token_id)
+    assert margins_now(model, "answer", pair, tok.pad_token_id).tolist() == [0.0]
+    losses = []
+    for step in range(5):
+        learner.add(pair)
+        losses.append(learner.step(seed=step)["loss"])
+    assert learner.steps == 5 and learner.queue == []
+    assert margins_now(model, "answer", pair, tok.pad_token_id).item() > 0.5
+    assert losses[-1] < losses[0]
+    assert model.training is False  # the learner leaves the model in eval mode for generation
+
+
+@pytest.mark.parametrize(("agent", "other"), [("answer", "stop"), ("stop", "answer")])
+def test_only_the_named_adapter_changes(tiny_peft, agent, other):
+    model, tok = tiny_peft()
+    before = snapshot(model)
+    other_before = adapter_state(model, other)
+    learner = DPOLearner(model, agent, cfg(batch_pairs=2, lr=1e-2), tok.pad_token_id)
+    for step in range(2):
+        learner.add(answer_pairs(tok) + stop_pairs(tok))
+        learner.step(seed=step)
+    changed = {name for name, p in model.named_parameters() if not same_bits(p.detach(), before[name])}
+    assert changed, "the step changed nothing"
+    assert all(f".{agent}." in name and "lora_" in name for name in changed), sorted(changed)[:3]
+    assert any("lora_B" in name for name in changed) and any("lora_A" in name for name in changed)
+    after = adapter_state(model, other)
+    assert after.keys() == other_before.keys()
+    assert all(same_bits(after[k], other_before[k]) for k in after)
+
+
+def nan_check(model, learner, pairs, before):
+    learner.add(pairs)
+    with pytest.raises(NonFiniteLoss, match="answer"):
+        learner.step(seed=0)
+    assert learner.steps == 0
+    assert learner.optimizer.state_dict()["state"] == {}  # Adam never stepped
+    assert all(p.grad is None for p in learner.params)
+    for name, p in model.named_parameters():
+        assert torch.equal(p.detach().isnan(), before[name].isnan()), name
+        assert torch.equal(p.detach().nan_to_num(), before[name].nan_to_num()), name
+    assert model.training is False
+
+
+def test_nan_loss_raises_and_does_not_step(tiny_peft, monkeypatch):
+    model, tok = tiny_peft()
+    learner = DPOLearner(model, "answer", cfg(batch_pairs=2, micro_batch_pairs=1), tok.pad_token_id)
+
+    def nan_loss(*args, **kwargs):
+        loss, margin = dpo_loss(*args, **kwargs)
+        return loss * float("nan"), margin
+
+    monkeypatch.setattr(learner_mod, "dpo_loss", nan_loss)
+    nan_check(model, learner, answer_pairs(tok)[:2], snapshot(model))
+
+
+def test_nan_parameter_raises_and_does_not_step(tiny_peft):
+    model, tok = tiny_peft()
+    learner = DPOLearner(model, "answer", cfg(batch_pairs=2), tok.pad_token_id)
+    with torch.no_grad():
+        learner.params[0].view(-1)[0] = float("nan")
+    nan_check(model, learner, answer_pairs(tok)[:2], snapshot(model))
+
+
+def test_pairs_queue_until_a_batch_is_full(tiny_peft, spy_margins):
+    model, tok = tiny_peft()
+    answers, stops = answer_pairs(tok), stop_pairs(tok)
+    learner = DPOLearner(model, "answer", cfg(batch_pairs=2, micro_batch_pairs=1), tok.pad_token_id)
+    learner.add(stops)  # pairs of the other agent are not queued
+    assert learner.queue == [] and not learner.ready()
+    learner.add(answers[:1] + stops[:1])
+    assert learner.queue == answers[:1] and not learner.ready()
+    learner.add(answers[1:])
+    assert learner.queue == answers and learner.ready()
+    stats = learner.step(seed=0)
+    assert stats["pairs"] == 2
+    assert learner.queue == answers[2:]  # the oldest two were taken
+    assert [m.numel() for m in spy_margins] == [1, 1]  # micro-batches of one pair
+    assert not learner.ready() and learner.steps == 1
+
+
+def test_micro_batches_accumulate_to_the_same_step(tiny_peft, perturb):
+    results = []
+    for micro in (1, 3):
+        model, tok = tiny_peft(dropout=0.0)
+        perturb(model, "answer", seed=4, scale=0.1)
+        learner = DPOLearner(model, "answer", cfg(batch_pairs=3, micro_batch_pairs=micro), tok.pad_token_id)
+        learner.add(answer_pairs(tok))
+        stats = learner.step(seed=0)
+        results.append((stats, adapter_state(model, "answer")))
+    (s1, a1), (s3, a3) = results
+    assert s1["margin"] != 0.0
+    assert math.isclose(s1["loss"], s3["loss"], rel_tol=1e-5)
+    assert math.isclose(s1["margin"], s3["margin"], rel_tol=1e-4, abs_tol=1e-6)
+    for key in a1:
+        torch.testing.assert_close(a1[key], a3[key], rtol=1e-5, atol=1e-7)
+
+
+def test_state_dict_round_trip_continues_identically(tiny_peft):
+    from harness.models import load_adapter_state
+
+    def fresh():
+        model, tok = tiny_peft()
+        return model, tok, DPOLearner(model, "answer", cfg(batch_pairs=2, lr=1e-2), tok.pad_token_id)
+
+    model_a, tok, learner_a = fresh()
+    pairs = answer_pairs(tok)
+    learner_a.add(pairs)
+    learner_a.step(seed=0)
+    buffer = io.BytesIO()
+    torch.save({"learner": learner_a.state_dict(), "adapter": adapter_state(model_a, "answer")}, buffer)
+
+    model_b, _, learner_b = fresh()
+    buffer.seek(0)
+    saved = torch.load(buffer)  # weights_only, as the online stage loads it
+    load_adapter_state(model_b, "answer", saved["adapter"])
+    learner_b.load_state_dict(saved["learner"])
+    assert learner_b.queue == learner_a.queue == pairs[2:] and learner_b.steps == 1
+
+    for learner in (learner_a, learner_b):
+        learner.add(pairs[:1])
+        learner.step(seed=1)
+    a, b = adapter_state(model_a, "answer"), adapter_state(model_b, "answer")
+    assert all(same_bits(a[k], b[k]) for k in a)
