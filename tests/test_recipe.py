@@ -1,0 +1,110 @@
+"""Recipes: every file in recipes/ loads; bad recipes fail naming the field and the file; overrides; hash."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from harness.recipe import RECIPES_DIR, RecipeError, list_recipes, load_recipe
+
+REQUIRED = {"llama3-8b", "phi3-medium", "tiny", "smollm2-135m"}
+
+
+def test_every_recipe_file_loads():
+    files = sorted(RECIPES_DIR.glob("*.yaml"))
+    assert {f.stem for f in files} >= REQUIRED
+    for path in files:
+        recipe = load_recipe(str(path))
+        assert recipe.name == path.stem
+        assert len(recipe.hash()) == 16
+
+
+def test_paper_recipes_match_tables_2_and_3():
+    for name in ("llama3-8b", "phi3-medium"):
+        r = load_recipe(name)
+        assert (r.online.lr, r.online.batch_pairs, r.online.beta, r.online.grad_clip) == (5e-6, 32, 1.0, 1.0)
+        assert r.online.optimizer == "adam"
+        for lora in (r.adapters.answer, r.adapters.stop):
+            assert (lora.r, lora.alpha, lora.dropout, lora.targets) == (8, 8, 0.05, "all-linear")
+        assert (r.flow.max_chunks, r.flow.chunk_size) == (6, 160)
+        sft = r.compile.sft
+        assert (sft.lr, sft.batch_size * sft.grad_accum, sft.grad_accum, sft.grad_clip, sft.warmup_ratio,
+                sft.epochs) == (2e-4, 16, 2, 1.0, 0.1, 3)
+        assert (sft.lora.r, sft.lora.alpha, sft.lora.dropout, sft.lora.targets) == (16, 16, 0.05, "all-linear")
+        assert r.data.train.format == "metamath" and "MetaMathQA" in r.data.train.source
+        assert {t.name for t in r.eval.tasks} == {"gsm8k", "math"}
+        assert r.paper is not None and r.paper.paper == "flow-dpo"
+        for key in ("online.lr", "online.batch_pairs", "flow.chunk_size", "compile.sft.lr", "flow.temperature"):
+            assert key in r.sources, f"{name}: {key} has no source"
+
+
+def write(tmp_path: Path, name: str, text: str) -> Path:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(text)
+    return path
+
+
+def tiny_text() -> str:
+    return (RECIPES_DIR / "tiny.yaml").read_text()
+
+
+def test_unknown_key_names_field_and_file(tmp_path):
+    path = write(tmp_path, "tiny", tiny_text().replace("  beta: 1.0", "  beta: 1.0\n  betta: 2.0"))
+    with pytest.raises(RecipeError) as err:
+        load_recipe(str(path))
+    assert "online.betta" in str(err.value) and "unknown key" in str(err.value)
+    assert str(path) in str(err.value)
+
+
+def test_wrong_type_names_field_and_file(tmp_path):
+    path = write(tmp_path, "tiny", tiny_text().replace("  chunk_size: 12", "  chunk_size: twelve"))
+    with pytest.raises(RecipeError) as err:
+        load_recipe(str(path))
+    assert "flow.chunk_size" in str(err.value) and str(path) in str(err.value)
+
+
+def test_source_must_name_a_field(tmp_path):
+    path = write(tmp_path, "tiny", tiny_text().replace("  online.lr:", "  online.learning_rate:"))
+    with pytest.raises(RecipeError, match="online.learning_rate"):
+        load_recipe(str(path))
+
+
+def test_overrides_and_hash():
+    base = load_recipe("tiny")
+    changed = load_recipe("tiny", ["online.lr=0.5", "flow.max_chunks=2"])
+    assert changed.online.lr == 0.5 and changed.flow.max_chunks == 2
+    assert changed.hash() != base.hash()
+    assert load_recipe("tiny").hash() == base.hash()
+    with pytest.raises(RecipeError, match="flow.max_chunks"):
+        load_recipe("tiny", ["flow.max_chunks=zero"])
+    with pytest.raises(RecipeError, match="key.sub=value"):
+        load_recipe("tiny", ["flow.max_chunks"])
+
+
+def test_unknown_recipe_lists_known():
+    with pytest.raises(RecipeError, match="tiny"):
+        load_recipe("no-such-recipe")
+    assert REQUIRED <= set(list_recipes())
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "harness.cli", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_cli_validate_and_list(tmp_path):
+    ok = cli("validate")
+    assert ok.returncode == 0, ok.stderr
+    assert all(name in ok.stdout for name in REQUIRED)
+    listed = cli("list")
+    assert all(name in listed.stdout for name in REQUIRED)
+    bad = write(tmp_path, "tiny", tiny_text().replace("  beta: 1.0", "  beta: [1]"))
+    res = cli("validate", str(bad))
+    assert res.returncode != 0
+    assert "online.beta" in res.stderr and str(bad) in res.stderr
+
+
+def test_cli_show_prints_resolved_recipe():
+    res = cli("show", "tiny", "online.questions=3")
+    assert res.returncode == 0
+    assert "questions: 3" in res.stdout and "hash" in res.stdout
