@@ -58,6 +58,7 @@ def bench_flow(recipe: Recipe, questions: int) -> dict:
     ceiling_seconds = time.perf_counter() - start
     ceiling_tokens = sum(len(s[0].token_ids) for s in samples)
 
+    prefill_share = measure_prefill_share(engine, flow, records[0], recipe)
     engine_tps = engine_stats.tokens / engine_seconds
     naive_tps = naive.stats.tokens / naive_seconds
     ceiling_tps = ceiling_tokens / ceiling_seconds
@@ -75,6 +76,7 @@ def bench_flow(recipe: Recipe, questions: int) -> dict:
         "ceiling_batch": batch,
         "ceiling_tokens_per_s": ceiling_tps,
         "ceiling_fraction": engine_tps / ceiling_tps,
+        "prefill_share": prefill_share,
         "phase_seconds": {
             "main_chain": main_seconds,
             "rollouts": engine_seconds - main_seconds,
@@ -82,3 +84,18 @@ def bench_flow(recipe: Recipe, questions: int) -> dict:
             "stop_decisions": engine_stats.stop_seconds,
         },
     }
+
+
+def measure_prefill_share(engine: Engine, flow: Flow, record, recipe: Recipe) -> float:
+    """Share of a chunk's generation time spent encoding its prompt (question + partial answer): the most that
+    carrying the KV cache across chunks could save. Measured as a 1-token generate over a full-chunk generate,
+    on the prompts of a question's last chunk (the longest prefixes)."""
+    trace = flow.run([flow.start(record.question, record.answer, record.task)], 0)[0]
+    prompt = trace.prompt_ids + [t for chunk in trace.chunks[:-1] for t in chunk]
+    prompts = [prompt] * 8
+    timings = {}
+    for tokens in (1, recipe.flow.chunk_size):
+        start = time.perf_counter()
+        engine.backend.generate(prompts, "answer", tokens, recipe.flow.temperature, recipe.flow.top_p, seed=2)
+        timings[tokens] = time.perf_counter() - start
+    return timings[1] / timings[recipe.flow.chunk_size]

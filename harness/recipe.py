@@ -333,15 +333,25 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 
 def apply_override(data: dict, path: list[str], value: Any, where: str) -> None:
+    """Set data[path] = value; a numeric part indexes a list (`eval.tasks.0.limit=8`)."""
     node: Any = data
-    for i, part in enumerate(path[:-1]):
-        nxt = node.get(part) if isinstance(node, dict) else None
-        if nxt is None:
-            nxt = node[part] = {}
-        if not isinstance(nxt, dict):
-            raise RecipeError(f"{where}: override {'.'.join(path)}: {'.'.join(path[: i + 1])} is not a section")
-        node = nxt
-    node[path[-1]] = value
+    for i, part in enumerate(path):
+        last = i == len(path) - 1
+        here = ".".join(path[: i + 1])
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise RecipeError(f"{where}: override {'.'.join(path)}: {here} is not an index of the list")
+            key: Any = int(part)
+        elif isinstance(node, dict):
+            key = part
+            if not last and node.get(key) is None:
+                node[key] = {}
+        else:
+            raise RecipeError(f"{where}: override {'.'.join(path)}: {'.'.join(path[:i])} is not a section")
+        if last:
+            node[key] = value
+        else:
+            node = node[key]
 
 
 def load_recipe(name_or_path: str, overrides: list[str] = ()) -> Recipe:

@@ -76,8 +76,7 @@ def warm_tiny(harness_cache):
     from harness.models import load_base
     from harness.recipe import load_recipe
 
-    recipe = load_recipe("tiny")
-    assert recipe.model.tiny.warmup_steps > 0
+    recipe = load_recipe("tiny", ["model.tiny.warmup_steps=300"])  # as test_online.MODEL_ARGS
     load_base(recipe.model)
     cached = list(harness_cache.glob("tiny-*.safetensors"))
     assert len(cached) == 1, cached

@@ -99,8 +99,9 @@ def test_stop_prompt_splices_answer_ids_into_the_rendered_template(tiny_recipe):
     tok = tiny_tokenizer()
     prompter = Prompter(tok, recipe.flow, True)
     answer = "3 + 4 = 7"
-    text = tok.apply_chat_template([{"role": "user", "content": f"Q: What?\nA: {answer}\nDone?"}], tokenize=False,
-                                   add_generation_prompt=True)
+    user = recipe.flow.stop_prompt.user.format(question="What?", partial_answer=answer)
+    assert answer in user
+    text = tok.apply_chat_template([{"role": "user", "content": user}], tokenize=False, add_generation_prompt=True)
     assert prompter.stop_prompt("What?", tok.encode(answer, add_special_tokens=False)) == tok.encode(
         text, add_special_tokens=False)
     assert (prompter.yes_id, prompter.no_id) == (tok.convert_tokens_to_ids("Y"), tok.convert_tokens_to_ids("N"))

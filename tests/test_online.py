@@ -1,0 +1,398 @@
+"""Stage `online`: progress lines, checkpoints, resume after a kill, the run-folder lock, skipping a done stage.
+
+Part one drives `run_online` in-process with a scripted backend (exact expected lines, pairs and token counts).
+Part two runs `python -m harness.cli run online tiny ...` in subprocesses on the warm-started tiny model: one run
+is killed with SIGKILL mid-stream and resumed, and must end exactly like a run never killed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import harness.learner as learner_mod
+import harness.stages.online as online_mod
+from harness.cli import main as cli_main
+from harness.engine import Engine
+from harness.learner import NonFiniteLoss
+from harness.models import adapter_state
+from harness.prompts import Prompter
+from harness.rundir import RunDir, RunError, read_jsonl
+from harness.stages.online import run_online
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def strip_seconds(lines: list[dict]) -> list[dict]:
+    return [{k: v for k, v in line.items() if not k.endswith("_seconds")} for line in lines]
+
+
+def same_tensors(a, b) -> bool:
+    """Bit-identical nested structures of tensors, numbers, strings, lists and dicts."""
+    if isinstance(a, torch.Tensor):
+        return (isinstance(b, torch.Tensor) and a.dtype == b.dtype and a.shape == b.shape
+                and a.cpu().numpy().tobytes() == b.cpu().numpy().tobytes())
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(same_tensors(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return type(a) is type(b) and len(a) == len(b) and all(same_tensors(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+# ------------------------------------------------------------------ in-process, scripted backend
+
+TRAIN = [
+    {"question": "What is 3+4?", "answer": "3 + 4 = 7\n#### 7"},
+    {"question": "What is 5+5?", "answer": "5 + 5 = 10\n#### 10"},
+    {"question": "What is 1+1?", "answer": "1 + 1 = 2\n#### 2"},
+]
+CHUNKS = {
+    # main chain 3+4 | No | =7 | Yes: correct; pairs at answer 0, stop 0 and stop 1 (see test_flow.py)
+    "What is 3+4?": {"": ["3+4", "3+5"], "3+4": ["=7", "=7!"], "3+5": ["=8"], "3+4=7": ["0"]},
+    # no answer at all: graded wrong, every rollout wrong too: no pairs
+    "What is 5+5?": {"": ["I do not know<EOS>"]},
+    # main 1+1=2 | Yes: correct; answer 0 -> 1+1=3 wrong (pair); stop 0 -> No, " ok", Yes: still correct
+    "What is 1+1?": {"": ["1+1=2", "1+1=3"], "1+1=2": [" ok"]},
+}
+STOP = {
+    "What is 3+4?": {"3+4": 0.2, "3+5": 0.2, "3+4=7": 0.9, "3+5=8": 0.9, "3+4=7!": 0.9},
+    "What is 5+5?": {},
+    "What is 1+1?": {"1+1=2": 0.9, "1+1=3": 0.9, "1+1=2 ok": 0.9},
+}
+
+
+@pytest.fixture
+def scripted_setup(tmp_path, tiny_recipe, tiny_peft, scripted_backend):
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in TRAIN))
+    recipe = tiny_recipe(f"data.train.source={data}", "online.questions=3", "online.batch_pairs=1",
+                         "online.checkpoint_every=2", "online.curves=[trained, frozen]", "flow.chunk_size=64",
+                         "flow.max_chunks=3")
+
+    def engine() -> Engine:
+        """A fresh engine: new zero-adapter model (same seed) and a new scripted backend."""
+        eng = Engine.__new__(Engine)
+        eng.recipe = recipe
+        eng.model, eng.tokenizer = tiny_peft()
+        eng.prompter = Prompter(eng.tokenizer, recipe.flow, recipe.model.chat_template)
+        eng.backend = scripted_backend(eng.tokenizer, eng.prompter, CHUNKS, STOP)
+        return eng
+
+    return recipe, engine
+
+
+def test_scripted_online_run_progress_lines(tmp_path, scripted_setup):
+    recipe, make_engine = scripted_setup
+    engine = make_engine()
+    run = RunDir(tmp_path / "run")
+    summary = run_online(recipe, run, engine)
+    lines = read_jsonl(tmp_path / "run" / "online" / "progress.jsonl")
+    assert len(lines) == 3
+
+    expected = [
+        {"index": 0, "id": "train-0", "correct_before": True, "frozen_correct": True, "chunks": 2, "end": "stop",
+         "extracted": "7", "nodes": 4, "pairs": {"answer": 1, "stop": 2},
+         "pair_nodes": ["answer:0", "stop:0", "stop:1"], "tokens": 14, "stop_decisions": 5},
+        {"index": 1, "id": "train-1", "correct_before": False, "frozen_correct": False, "chunks": 1, "end": "eos",
+         "extracted": None, "nodes": 1, "pairs": {"answer": 0, "stop": 0}, "pair_nodes": [],
+         "tokens": 14 + 4 * 14, "stop_decisions": 0},  # the resample equals the original: 4 tries drawn
+        {"index": 2, "id": "train-2", "correct_before": True, "frozen_correct": True, "chunks": 1, "end": "stop",
+         "extracted": "2", "nodes": 2, "pairs": {"answer": 1, "stop": 0}, "pair_nodes": ["answer:0"],
+         "tokens": 13, "stop_decisions": 3},
+    ]
+    for line, want in zip(strip_seconds(lines), expected):
+        updates = line.pop("updates")
+        assert line == want
+        assert {agent: len(steps) for agent, steps in updates.items()} == {
+            agent: n for agent, n in want["pairs"].items() if n}  # batch_pairs=1: one step per pair
+    for line in lines:
+        for key in ("curves_seconds", "generate_seconds", "rollout_seconds", "answer_gen_seconds", "stop_seconds",
+                    "update_seconds"):
+            assert isinstance(line[key], float) and line[key] >= 0.0, key
+    first_answer, first_stop = lines[0]["updates"]["answer"][0], lines[0]["updates"]["stop"][0]
+    for first in (first_answer, first_stop):  # zero-initialised LoRA, reference = base: margin 0, loss log 2
+        assert first["margin"] == 0.0 and first["pairs"] == 1
+        assert math.isclose(first["loss"], math.log(2), rel_tol=1e-6)
+
+    assert summary["questions"] == 3
+    assert summary["progressive_accuracy"] == pytest.approx(2 / 3)  # the unanswered question counts as wrong
+    assert summary["frozen_accuracy"] == pytest.approx(2 / 3)
+    assert summary["zero_shot_accuracy"] is None
+    assert summary["pairs"] == {"answer": 2, "stop": 2}
+    assert summary["tokens"] == 14 + 70 + 13
+    assert set(summary["seconds"]) == {k for k in lines[0] if k.endswith("_seconds")}
+    assert json.loads((tmp_path / "run" / "online" / "done.json").read_text()) == json.loads(json.dumps(summary))
+
+    # the frozen curve really ran with adapters disabled, the trained one with the agents' adapters
+    backend = engine.backend
+    assert {a for a, *_ in backend.generate_calls} == {"answer", None}
+    assert {a for a, *_ in backend.stop_calls} == {"stop", None}
+
+    # the final checkpoint and the saved adapters hold the trained weights
+    ckpt = tmp_path / "run" / "online" / "checkpoint"
+    assert json.loads((ckpt / "latest.json").read_text()) == {"checkpoint": "ckpt-000003", "position": 3}
+    assert sorted(p.name for p in ckpt.glob("ckpt-*")) == ["ckpt-000003"]
+    saved = torch.load(ckpt / "ckpt-000003" / "adapters.pt")
+    for name in ("answer", "stop"):
+        live = adapter_state(engine.model, name)
+        assert same_tensors(saved[name], live)
+        assert any(v.abs().sum() > 0 for k, v in live.items() if "lora_B" in k), f"{name} did not learn"
+        on_disk = load_file(tmp_path / "run" / "online" / "adapters" / name / "adapter_model.safetensors")
+        assert sorted(on_disk) == sorted(live)
+        assert all(same_tensors(on_disk[k], live[k]) for k in live)
+
+
+class Crash(Exception):
+    """Stands in for a kill between writing a progress line and writing the checkpoint after it."""
+
+
+def crash_before_checkpoint(monkeypatch, at: int) -> None:
+    real = online_mod.save_checkpoint
+
+    def save(folder, model, learners, position):
+        if position == at:
+            raise Crash(position)
+        real(folder, model, learners, position)
+
+    monkeypatch.setattr(online_mod, "save_checkpoint", save)
+
+
+def resume_matches_reference(tmp_path, scripted_setup, monkeypatch, tear_last_line: bool) -> None:
+    recipe, make_engine = scripted_setup
+    ref_engine = make_engine()
+    run_online(recipe, RunDir(tmp_path / "ref"), ref_engine)
+    reference = read_jsonl(tmp_path / "ref" / "online" / "progress.jsonl")
+
+    with monkeypatch.context() as patch:
+        crash_before_checkpoint(patch, at=3)
+        with pytest.raises(Crash):
+            run_online(recipe, RunDir(tmp_path / "run"), make_engine())
+    progress = tmp_path / "run" / "online" / "progress.jsonl"
+    written = progress.read_text().splitlines(keepends=True)
+    assert len(written) == 3  # line 2 was written, its checkpoint (position 3) was not: it must be recomputed
+    if tear_last_line:
+        progress.write_text("".join(written[:2]) + written[2][: len(written[2]) // 2])
+
+    engine = make_engine()
+    run_online(recipe, RunDir(tmp_path / "run"), engine)
+    assert strip_seconds(read_jsonl(progress)) == strip_seconds(reference)
+    for name in ("answer", "stop"):
+        assert same_tensors(adapter_state(engine.model, name), adapter_state(ref_engine.model, name))
+    learners = [torch.load(root / "online" / "checkpoint" / "ckpt-000003" / "learners.pt")
+                for root in (tmp_path / "run", tmp_path / "ref")]
+    assert same_tensors(*learners)
+
+
+def test_resume_recomputes_lines_after_the_checkpoint(tmp_path, scripted_setup, monkeypatch):
+    resume_matches_reference(tmp_path, scripted_setup, monkeypatch, tear_last_line=False)
+
+
+def test_resume_after_a_torn_last_progress_line(tmp_path, scripted_setup, monkeypatch):
+    """A kill (or a full disk) in the middle of writing a progress line leaves half a line: resume must drop it,
+    as harness/batches.py does, instead of failing to parse progress.jsonl."""
+    resume_matches_reference(tmp_path, scripted_setup, monkeypatch, tear_last_line=True)
+
+
+def test_nan_loss_stops_the_stage_and_keeps_the_checkpoint(tmp_path, scripted_setup, monkeypatch):
+    recipe, make_engine = scripted_setup
+    real, calls = learner_mod.dpo_loss, []
+
+    def nan_from_fourth_step(*args, **kwargs):  # steps 1-3 are question 0's, step 4 is question 2's
+        calls.append(1)
+        loss, margin = real(*args, **kwargs)
+        return (loss * float("nan") if len(calls) >= 4 else loss), margin
+
+    monkeypatch.setattr(learner_mod, "dpo_loss", nan_from_fourth_step)
+    engine = make_engine()
+    with pytest.raises(NonFiniteLoss, match=r"question 2 \(train-2\).*checkpoint"):
+        run_online(recipe, RunDir(tmp_path / "run"), engine)
+    folder = tmp_path / "run" / "online"
+    assert not (folder / "done.json").exists()
+    assert json.loads((folder / "checkpoint" / "latest.json").read_text())["position"] == 2
+    assert [line["index"] for line in read_jsonl(folder / "progress.jsonl")] == [0, 1]
+    kept = torch.load(folder / "checkpoint" / "ckpt-000002" / "adapters.pt")
+    assert same_tensors(kept["answer"], adapter_state(engine.model, "answer"))  # the failed step did not apply
+
+
+def test_run_folder_lock_refuses_a_second_holder(tmp_path):
+    holder = RunDir(tmp_path)
+    holder.lock()
+    with pytest.raises(RunError, match="in use"):
+        RunDir(tmp_path).lock()
+
+
+def test_refused_lock_leaves_the_holders_pid_in_the_lock_file(tmp_path):
+    holder = RunDir(tmp_path)
+    holder.lock()
+    assert (tmp_path / ".lock").read_text() == str(os.getpid())
+    with pytest.raises(RunError):
+        RunDir(tmp_path).lock()
+    assert (tmp_path / ".lock").read_text() == str(os.getpid()), "the refused process emptied the holder's .lock"
+
+
+@pytest.mark.parametrize("overrides_last", [False, True], ids=["overrides-first", "overrides-after-run-dir"])
+def test_cli_run_takes_overrides_before_or_after_run_dir(tmp_path, monkeypatch, overrides_last):
+    """`harness run online tiny --run-dir D key=value` is the documented form."""
+    import harness.pipeline
+
+    seen = {}
+
+    def fake_stage(stage, recipe, run, engine=None):
+        seen.update(stage=stage, questions=recipe.online.questions, lr=recipe.online.lr, path=run.path)
+        return {}
+
+    monkeypatch.setattr(harness.pipeline, "run_stage", fake_stage)
+    overrides = ["online.questions=5", "online.lr=0.01"]
+    where = ["--run-dir", str(tmp_path / "run")]
+    argv = ["run", "online", "tiny", *(where + overrides if overrides_last else overrides + where)]
+    assert cli_main(argv) == 0
+    assert seen == {"stage": "online", "questions": 5, "lr": 0.01, "path": tmp_path / "run"}
+
+
+# ------------------------------------------------------------------ subprocesses on the warm tiny model
+
+# Pinned here so that edits of recipes/tiny.yaml do not change what these tests see. With them, seed 2 gives
+# optimizer steps at questions 1, 3 and 5: before and after the checkpoint at 2 (and the one at 4).
+MODEL_ARGS = ["model.tiny.warmup_steps=300"]
+ARGS = [*MODEL_ARGS, "flow.chunk_size=12", "flow.max_chunks=3", "flow.temperature=1.0", "online.lr=0.001",
+        "online.questions=6", "online.checkpoint_every=2", "online.batch_pairs=1", "online.seed=2"]
+
+
+def harness_cmd(run_dir: Path) -> list[str]:
+    return [sys.executable, "-m", "harness.cli", "run", "online", "tiny", *ARGS, "--run-dir", str(run_dir)]
+
+
+def start(run_dir: Path, env: dict) -> subprocess.Popen:
+    return subprocess.Popen(harness_cmd(run_dir), cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def finish(proc: subprocess.Popen, timeout: float = 240) -> tuple[str, str]:
+    out, err = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, err[-3000:]
+    return out, err
+
+
+@pytest.fixture(scope="module")
+def online_runs(warm_tiny, tmp_path_factory):
+    """An uninterrupted run, and a run killed with SIGKILL after its first checkpoint and then resumed."""
+    root = tmp_path_factory.mktemp("online")
+    env = dict(os.environ)
+    reference = start(root / "reference", env)  # runs alongside the killed one
+    victim_dir = root / "killed"
+    victim = start(victim_dir, env)
+    latest = victim_dir / "online" / "checkpoint" / "latest.json"
+    progress = victim_dir / "online" / "progress.jsonl"
+    deadline = time.monotonic() + 240
+    while True:
+        if latest.is_file() and len(read_jsonl(progress)) >= 3:
+            break
+        assert victim.poll() is None, f"the run ended before it could be killed: {victim.communicate()[1][-3000:]}"
+        assert time.monotonic() < deadline, "no checkpoint within 240 s"
+        time.sleep(0.05)
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.communicate()
+    assert victim.returncode == -signal.SIGKILL
+    killed_at = {
+        "position": json.loads(latest.read_text())["position"],
+        "lines": len(progress.read_text().splitlines()),
+        "done": (victim_dir / "online" / "done.json").exists(),
+    }
+    resumed_out, _ = finish(start(victim_dir, env))
+    reference_out, _ = finish(reference)
+    return {"reference": root / "reference", "killed": victim_dir, "killed_at": killed_at,
+            "reference_out": reference_out, "resumed_out": resumed_out}
+
+
+def test_killed_and_resumed_run_equals_uninterrupted_run(online_runs):
+    ref, killed, at = online_runs["reference"], online_runs["killed"], online_runs["killed_at"]
+    assert not at["done"] and at["position"] < 6 and at["lines"] >= 3, at
+    ref_lines = read_jsonl(ref / "online" / "progress.jsonl")
+    assert len(ref_lines) == 6
+    stepped = [i for i, line in enumerate(ref_lines) if line["updates"]]
+    assert any(i < at["position"] for i in stepped) and any(i >= at["position"] for i in stepped), (
+        f"the settings must give optimizer steps before and after the checkpoint at {at['position']}: {stepped}")
+
+    assert strip_seconds(read_jsonl(killed / "online" / "progress.jsonl")) == strip_seconds(ref_lines)
+    for name in ("answer", "stop"):
+        a = load_file(ref / "online" / "adapters" / name / "adapter_model.safetensors")
+        b = load_file(killed / "online" / "adapters" / name / "adapter_model.safetensors")
+        assert same_tensors(a, b), name
+        assert any(v.abs().sum() > 0 for k, v in a.items() if "lora_B" in k), f"{name} never stepped"
+    for part in ("adapters.pt", "learners.pt"):
+        a = torch.load(ref / "online" / "checkpoint" / "ckpt-000006" / part)
+        b = torch.load(killed / "online" / "checkpoint" / "ckpt-000006" / part)
+        assert same_tensors(a, b), part
+    ref_done = json.loads((ref / "online" / "done.json").read_text())
+    killed_done = json.loads((killed / "online" / "done.json").read_text())
+    for done in (ref_done, killed_done):
+        done.pop("seconds"), done.pop("adapters")
+    assert ref_done == killed_done
+
+
+def test_progress_lines_have_the_documented_fields(online_runs):
+    lines = read_jsonl(online_runs["reference"] / "online" / "progress.jsonl")
+    for i, line in enumerate(lines):
+        assert line["index"] == i and line["id"] == f"arith-{i}"
+        for key in ("correct_before", "frozen_correct", "zero_shot_correct"):
+            assert isinstance(line[key], bool), key
+        assert set(line["pairs"]) == {"answer", "stop"}
+        assert sum(line["pairs"].values()) == len(line["pair_nodes"])
+        assert all(node.split(":")[0] in line["pairs"] for node in line["pair_nodes"])
+        assert isinstance(line["tokens"], int) and line["tokens"] >= line["chunks"] > 0
+        assert 1 <= line["chunks"] <= 3 and line["end"] in ("stop", "eos", "max_chunks")
+        seconds = {k for k in line if k.endswith("_seconds")}
+        assert {"generate_seconds", "rollout_seconds", "update_seconds", "curves_seconds"} <= seconds
+        assert all(isinstance(line[k], float) and line[k] >= 0 for k in seconds)
+        for agent, steps in line["updates"].items():
+            assert steps and all(set(s) == {"loss", "margin", "pairs", "accuracy"} for s in steps)
+            assert all(s["pairs"] == 1 for s in steps)
+            assert math.isfinite(sum(s["loss"] for s in steps))
+    # before the first optimizer step the trained Flow is the frozen Flow (zero LoRA): same answers
+    first = next(i for i, line in enumerate(lines) if line["updates"])
+    assert all(line["correct_before"] == line["frozen_correct"] for line in lines[: first + 1])
+    summary = json.loads(online_runs["reference_out"])
+    assert summary["progressive_accuracy"] == pytest.approx(sum(x["correct_before"] for x in lines) / len(lines))
+    assert summary["pairs"] == {a: sum(x["pairs"][a] for x in lines) for a in ("answer", "stop")}
+
+
+def test_rerunning_a_finished_stage_is_skipped_and_changes_nothing(online_runs, monkeypatch, capsys):
+    folder = online_runs["reference"]
+
+    def snapshot():
+        return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*"))
+                if p.is_file() and p.name != ".lock"}
+
+    before = snapshot()
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("a finished stage must not build the model")
+
+    monkeypatch.setattr(Engine, "__init__", no_model)
+    monkeypatch.setattr("harness.models.load_base", no_model)
+    started = time.perf_counter()
+    assert cli_main(["run", "online", "tiny", *ARGS, "--run-dir", str(folder)]) == 0
+    assert time.perf_counter() - started < 10
+    assert json.loads(capsys.readouterr().out) == json.loads((folder / "online" / "done.json").read_text())
+    assert snapshot() == before
+
+
+def test_second_process_on_a_locked_run_folder_refuses(tmp_path, env_for_subprocess):
+    holder = RunDir(tmp_path / "run")
+    holder.lock()
+    proc = subprocess.run(harness_cmd(tmp_path / "run"), cwd=REPO, env=env_for_subprocess, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode != 0
+    assert "in use" in proc.stderr and str(tmp_path / "run") in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [".lock"]  # nothing written

@@ -1,0 +1,104 @@
+"""`harness reproduce tiny`: the whole pipeline, its run folder, idempotent re-runs and resumption mid-stage."""
+
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SMALL = ["online.questions=8", "data.train.limit=8", "data.compile.limit=8", "online.checkpoint_every=3",
+         "eval.tasks.0.limit=8"]
+# Files that hold paths, dates or timings by design (lm-eval's results.json, peft's adapter_config.json);
+# the numbers and outputs they summarise are compared through records.json, samples.jsonl and the weights.
+VOLATILE = {"done.json", "results.json", "adapter_config.json", "README.md"}
+
+
+def reproduce(run_dir: Path, *extra: str) -> subprocess.CompletedProcess:
+    res = subprocess.run([sys.executable, "-m", "harness.cli", "reproduce", "tiny", "--run-dir", str(run_dir),
+                          *SMALL, *extra], capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return res
+
+
+def digest(run_dir: Path, skip: tuple[str, ...] = ("report/", ".lock")) -> dict[str, str]:
+    """Hashes of every result file (timings stripped from JSON lines, since seconds differ between runs)."""
+    out = {}
+    for path in sorted(run_dir.rglob("*")):
+        rel = str(path.relative_to(run_dir))
+        if path.is_dir() or rel.startswith(skip) or "/trainer/" in rel or path.name in VOLATILE:
+            continue
+        data = path.read_bytes()
+        if path.suffix == ".jsonl":
+            lines = [json.loads(line) for line in data.decode().splitlines()]
+            data = json.dumps([{k: v for k, v in line.items() if not k.endswith("_seconds")} for line in lines])
+            data = data.encode()
+        out[rel] = hashlib.sha256(data).hexdigest()
+    return out
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("repro") / "run"
+    reproduce(run_dir)
+    return run_dir
+
+
+def test_run_folder_layout(finished):
+    for rel in ["recipe.yaml", "provenance.json", "baseline/traces.jsonl", "online/progress.jsonl",
+                "online/adapters/answer/adapter_model.safetensors", "online/adapters/stop/adapter_model.safetensors",
+                "compile/sft_flow.jsonl", "compile/sft_self.jsonl", "compile/sft_ground_truth.jsonl",
+                "evaluate/base/arith/results.json", "evaluate/base/arith/samples.jsonl",
+                "report/report.md", "report/report.html"]:
+        assert (finished / rel).is_file(), rel
+    prov = json.loads((finished / "provenance.json").read_text())
+    assert {"recipe_hash", "git", "versions", "device", "seeds"} <= set(prov)
+    assert "torch" in prov["versions"] and "transformers" in prov["versions"]
+    assert len((finished / "online/progress.jsonl").read_text().splitlines()) == 8
+
+
+def test_sft_sets_share_their_prompts(finished):
+    summary = json.loads((finished / "compile/done.json").read_text())
+    prompts = summary["prompts"]
+    assert len(prompts) == 8
+    by_id = {}
+    for source in ("flow", "self", "ground_truth"):
+        lines = [json.loads(x) for x in (finished / f"compile/sft_{source}.jsonl").read_text().splitlines()]
+        assert summary["sets"][source]["examples"] == len(lines)
+        for line in lines:
+            assert line["id"] in prompts
+            # the same question has the same prompt ids whichever source the target came from
+            assert by_id.setdefault(line["id"], line["prompt_ids"]) == line["prompt_ids"]
+    assert summary["sets"]["ground_truth"]["examples"] == 8
+
+
+def test_eval_records_name_their_settings(finished):
+    models = json.loads((finished / "evaluate/done.json").read_text())["models"]
+    assert "base" in models
+    for records in models.values():
+        for record in records:
+            assert {"task", "lm_eval_task", "version", "n_shot", "chat_template", "n"} <= set(record)
+            assert any(m.endswith(",flexible-extract") for m in record["metrics"])
+
+
+def test_rerun_is_quick_and_changes_nothing(finished):
+    before = digest(finished)
+    res = reproduce(finished)
+    assert res.stdout.count("skipped (done)") == 4
+    assert digest(finished) == before
+
+
+def test_resume_mid_stage_gives_same_results(finished, tmp_path):
+    """Simulate kills: baseline cut mid-batch with a torn line, compile without its SFT models, no evaluation."""
+    copy = tmp_path / "run"
+    shutil.copytree(finished, copy)
+    (copy / "baseline/done.json").unlink()
+    traces = (copy / "baseline/traces.jsonl").read_text().splitlines()
+    (copy / "baseline/traces.jsonl").write_text("\n".join(traces[:-3]) + '\n{"id": "torn')
+    for path in ["compile/done.json", "compile/sft-flow", "compile/sft-self", "compile/sft_self.jsonl", "evaluate"]:
+        target = copy / path
+        shutil.rmtree(target) if target.is_dir() else target.unlink()
+    reproduce(copy)
+    assert digest(copy) == digest(finished)
