@@ -66,6 +66,7 @@ def collect(source: str, recipe: Recipe, run: RunDir, engine: Engine, records) -
         return [{"id": line["id"], "prompt_ids": line["prompt_ids"], "completion_ids": line["answer_ids"],
                  "chunks": 1} for line in read_jsonl(run.path / "baseline" / "traces.jsonl") if line["correct"]]
     load_trained_adapters(run.path / "online", engine.model)
+    engine.backend.adapters_updated(["answer", "stop"])
     flow = Flow(engine.backend, engine.prompter, recipe.flow, "answer", "stop")
     jobs = [r for r in records for _ in range(recipe.compile.flow_samples)]
 

@@ -21,7 +21,7 @@ import torch
 
 from harness.data import load_source
 from harness.engine import Engine
-from harness.flow import Flow
+from harness.flow import Flow, FlowStats
 from harness.flow_rollout import make_pairs, rollouts
 from harness.learner import DPOLearner, NonFiniteLoss
 from harness.models import adapter_state, load_adapter_state
@@ -46,6 +46,8 @@ def run_online(recipe: Recipe, run: RunDir, engine: Engine) -> dict:
     frozen = Flow(engine.backend, engine.prompter, recipe.flow, None, None)
 
     start = load_checkpoint(folder, model, learners)
+    if start:
+        engine.backend.adapters_updated(["answer", "stop"])
     progress = folder / "progress.jsonl"
     lines = read_jsonl(progress)[:start]  # lines written after the checkpoint are recomputed identically
     progress.write_text("".join(json.dumps(line) + "\n" for line in lines))
@@ -54,7 +56,7 @@ def run_online(recipe: Recipe, run: RunDir, engine: Engine) -> dict:
         record = stream[index]
         seed = seed_for(cfg.seed, index)
         line = {"index": index, "id": record.id}
-        trained.stats = type(trained.stats)()
+        trained.stats = FlowStats()
 
         t0 = time.perf_counter()
         main = trained.run([trained.start(record.question, record.answer, record.task)], seed)[0]
@@ -84,6 +86,8 @@ def run_online(recipe: Recipe, run: RunDir, engine: Engine) -> dict:
                 except NonFiniteLoss as err:
                     raise NonFiniteLoss(f"{err}; question {index} ({record.id}); the last good checkpoint "
                                         f"in {folder / 'checkpoint'} is kept") from None
+        if updates:
+            engine.backend.adapters_updated(sorted(updates))  # vLLM serves the new weights from the next call
         line |= {
             "chunks": len(main.chunks),
             "end": main.end,
