@@ -2,28 +2,36 @@
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+
 from harness.backends.base import Backend
 from harness.data import Record
 from harness.flow import Flow, Trace
-from harness.models import load_base, with_adapters
+from harness.models import base_model_folder, load_base, with_adapters
 from harness.prompts import Prompter
 from harness.recipe import Recipe
 
 
-def make_backend(name: str, model, tokenizer) -> Backend:
-    if name == "hf":
+def make_backend(recipe: Recipe, model, tokenizer, base_folder: str | None) -> Backend:
+    if recipe.backend == "hf":
         from harness.backends.hf import HFBackend
 
         return HFBackend(model, tokenizer)
-    raise ValueError(f"backend {name!r} is not available in this build")
+    from harness.backends.vllm import VLLMBackend
+
+    rank = max(recipe.adapters.answer.r, recipe.adapters.stop.r)
+    workdir = Path(tempfile.mkdtemp(prefix="harness-lora-"))  # serving copies of the adapters, per process
+    return VLLMBackend(base_folder, tokenizer, model, recipe.model.dtype, rank, workdir, seed=recipe.online.seed)
 
 
 class Engine:
     def __init__(self, recipe: Recipe) -> None:
         self.recipe = recipe
         base, self.tokenizer = load_base(recipe.model)
+        folder = base_model_folder(recipe.model, base, self.tokenizer) if recipe.backend == "vllm" else None
         self.model = with_adapters(base, {"answer": recipe.adapters.answer, "stop": recipe.adapters.stop})
-        self.backend = make_backend(recipe.backend, self.model, self.tokenizer)
+        self.backend = make_backend(recipe, self.model, self.tokenizer, folder)
         self.prompter = Prompter(self.tokenizer, recipe.flow, recipe.model.chat_template)
 
     def single_pass_budget(self) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+import shutil
 import string
 from pathlib import Path
 
@@ -177,6 +178,25 @@ def load_base(cfg: ModelConfig) -> tuple[torch.nn.Module, PreTrainedTokenizerFas
         raise ValueError(f"model.chat_template is true but {cfg.name} has no chat template")
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model.to(resolve_device(cfg.device)).eval(), tokenizer
+
+
+def base_model_folder(cfg: ModelConfig, model: torch.nn.Module, tokenizer) -> str:
+    """A folder (or hub id) holding the base weights and tokenizer, for engines that load from disk (vLLM).
+
+    Call before adapters are put on `model` (peft injects its layers in place)."""
+    if cfg.name == "smollm2-135m":
+        return str(smollm2_folder())
+    if cfg.name != "tiny":
+        return cfg.name
+    key = hashlib.sha256(cfg.tiny.model_dump_json().encode()).hexdigest()[:12]
+    folder = cache_dir() / f"tiny-{key}-folder"
+    if not (folder / "config.json").is_file():
+        tmp = folder.with_name(folder.name + f".{os.getpid()}.tmp")
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        shutil.rmtree(folder, ignore_errors=True)
+        tmp.rename(folder)
+    return str(folder)
 
 
 def lora_config(spec: LoraSpec) -> LoraConfig:

@@ -308,6 +308,7 @@ def online_runs(warm_tiny, tmp_path_factory):
         "lines": len(progress.read_text().splitlines()),
         "done": (victim_dir / "online" / "done.json").exists(),
     }
+    print(f"killed at {killed_at}")
     resumed_out, _ = finish(start(victim_dir, env))
     reference_out, _ = finish(reference)
     return {"reference": root / "reference", "killed": victim_dir, "killed_at": killed_at,

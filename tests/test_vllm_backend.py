@@ -27,7 +27,7 @@ pytestmark = pytest.mark.vllm
 
 TEXTS = ["What is 2+3?", "Tom has 7 apples and eats 2. How many are left?", "x", "Solve: 12*4 = "]
 MAX_NEW = 24
-TOL = 1e-3
+TOL = 1e-4  # measured differences are ~1e-7 in fp32
 
 
 def fill_lora_b(model, name: str, seed: int, scale: float = 0.3) -> None:
