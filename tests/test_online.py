@@ -355,8 +355,10 @@ def test_progress_lines_have_the_documented_fields(online_runs):
         seconds = {k for k in line if k.endswith("_seconds")}
         assert {"generate_seconds", "rollout_seconds", "update_seconds", "curves_seconds"} <= seconds
         assert all(isinstance(line[k], float) and line[k] >= 0 for k in seconds)
-        for agent, steps in line["updates"].items():
-            assert steps and all(set(s) == {"loss", "margin", "pairs", "accuracy"} for s in steps)
+        # batch_pairs=1: every pair is one optimizer step of its agent, in the question that made it
+        assert {a: len(s) for a, s in line["updates"].items()} == {a: n for a, n in line["pairs"].items() if n}
+        for steps in line["updates"].values():
+            assert all(set(s) == {"loss", "margin", "pairs", "accuracy"} for s in steps)
             assert all(s["pairs"] == 1 for s in steps)
             assert math.isfinite(sum(s["loss"] for s in steps))
     # before the first optimizer step the trained Flow is the frozen Flow (zero LoRA): same answers

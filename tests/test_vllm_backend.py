@@ -130,3 +130,19 @@ def test_sampling_is_seeded_and_logprobs_are_of_the_sampling_distribution(setup)
                 expected = torch.log_softmax(logits / temperature, -1).gather(
                     -1, torch.tensor(s.token_ids).unsqueeze(-1)).squeeze(-1)
                 assert s.logprobs == pytest.approx(expected.tolist(), abs=TOL)
+
+
+def test_online_stage_runs_on_vllm(tmp_path):
+    """`harness run online tiny backend=vllm`: the Flow, rollouts and updates with vLLM serving new adapters."""
+    import json
+    import subprocess
+    import sys
+
+    run_dir = tmp_path / "run"
+    res = subprocess.run([sys.executable, "-m", "harness.cli", "run", "online", "tiny", "--run-dir", str(run_dir),
+                          "backend=vllm", "online.questions=6", "online.batch_pairs=1"],
+                         capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    lines = [json.loads(x) for x in (run_dir / "online/progress.jsonl").read_text().splitlines()]
+    assert len(lines) == 6
+    assert sum(len(v) for line in lines for v in line["updates"].values()) >= 1
