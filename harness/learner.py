@@ -92,6 +92,9 @@ class DPOLearner:
 
     def step(self, seed: int) -> dict:
         """One optimizer step on the oldest `batch_pairs` queued pairs; returns loss and margin statistics."""
+        if not self.ready():
+            raise RuntimeError(f"adapter {self.agent}: {len(self.queue)} pairs queued, a step takes "
+                               f"{self.cfg.batch_pairs}")
         batch, self.queue = self.queue[: self.cfg.batch_pairs], self.queue[self.cfg.batch_pairs :]
         self.model.set_adapter(self.agent)
         for p in self.params:
@@ -113,7 +116,10 @@ class DPOLearner:
         if not math.isfinite(mean_loss):
             self.optimizer.zero_grad(set_to_none=True)
             raise NonFiniteLoss(f"adapter {self.agent}: DPO loss is {mean_loss} at step {self.steps + 1}")
-        torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
+        norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
+        if not torch.isfinite(norm):  # a finite loss can still overflow in backward (bf16): never step on it
+            self.optimizer.zero_grad(set_to_none=True)
+            raise NonFiniteLoss(f"adapter {self.agent}: gradient norm is {norm.item()} at step {self.steps + 1}")
         self.optimizer.step()
         self.steps += 1
         return {"loss": mean_loss, "margin": sum(margins) / len(margins), "pairs": len(batch),

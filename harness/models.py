@@ -27,6 +27,8 @@ CHATML_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+WARMUP_VERSION = "1"
+"""Part of the tiny warm-up cache key: bump it when warm_up_tiny changes, so stale weights are not reused."""
 
 
 def cache_dir() -> Path:
@@ -117,7 +119,7 @@ def load_or_warm_up_tiny(model: torch.nn.Module, tokenizer, cfg: ModelConfig) ->
     """Warm-up is deterministic, so its result is cached on disk under a key of the tiny model's settings."""
     from safetensors.torch import load_file, save_file
 
-    key = hashlib.sha256(cfg.tiny.model_dump_json().encode()).hexdigest()[:12]
+    key = hashlib.sha256((WARMUP_VERSION + cfg.tiny.model_dump_json()).encode()).hexdigest()[:12]
     path = cache_dir() / f"tiny-{key}.safetensors"
     if path.is_file():
         model.load_state_dict(load_file(path))

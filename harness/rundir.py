@@ -88,13 +88,20 @@ class RunDir:
     def lock(self) -> None:
         """One process per run folder: a second one refuses instead of corrupting the first's files."""
         self.path.mkdir(parents=True, exist_ok=True)
-        self._lock_fh = open(self.path / ".lock", "w")  # noqa: SIM115 - held for the life of the process
+        fh = open(self.path / ".lock", "a+")  # noqa: SIM115 - held for the life of the process; "a+" keeps the holder's pid
         try:
-            fcntl.flock(self._lock_fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise RunError(f"{self.path} is in use by another harness process; wait for it or stop it") from None
-        self._lock_fh.write(str(os.getpid()))
-        self._lock_fh.flush()
+            fh.seek(0)
+            holder = fh.read().strip() or "unknown"
+            fh.close()
+            raise RunError(f"{self.path} is in use by another harness process (pid {holder}); "
+                           "wait for it or stop it") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(str(os.getpid()))
+        fh.flush()
+        self._lock_fh = fh
 
     def prepare(self, recipe: Recipe, argv: list[str] | None = None) -> None:
         """Lock the folder and write the resolved recipe and provenance; refuse a folder of another recipe."""

@@ -87,7 +87,7 @@ def test_trace_text_is_concatenated_chunks_and_chunk_ids_are_the_generated_ids(t
         for i, prob in enumerate(trace.stop_probs):
             stop_prompt = flow.prompter.stop_prompt(question, [t for c in trace.chunks[: i + 1] for t in c])
             assert asked[tuple(stop_prompt)] == prob
-            assert trace.decisions[i] == (prob > 0.5)
+            assert trace.decisions[i] == (prob > flow.cfg.stop_threshold)
     assert {a for kind, a in backend.adapters if kind == "generate"} == {"answer"}
     assert {a for kind, a in backend.adapters if kind == "stop"} == {"stop"}
     assert flow.stats.tokens == sum(len(ids) for _, ids, _ in backend.generated)

@@ -177,6 +177,22 @@ def test_nan_parameter_raises_and_does_not_step(tiny_peft):
     nan_check(model, learner, answer_pairs(tok)[:2], snapshot(model))
 
 
+def test_nan_gradient_with_a_finite_loss_raises_and_does_not_step(tiny_peft, monkeypatch):
+    """A finite loss can still give NaN/inf gradients (overflow in backward, e.g. in bf16): clip_grad_norm_
+    then turns every gradient into NaN and Adam writes NaN into the adapter, which the next checkpoint keeps."""
+    model, tok = tiny_peft()
+    learner = DPOLearner(model, "answer", cfg(batch_pairs=2), tok.pad_token_id)
+    real = learner_mod.dpo_loss
+
+    def finite_loss_nan_grad(*args, **kwargs):
+        loss, margin = real(*args, **kwargs)
+        zero = margin - margin.detach()  # 0 in the forward pass, d/d(margin) = 1
+        return loss + 0.0 * torch.sqrt(zero), margin  # forward: loss + 0; backward: 0 * inf = NaN
+
+    monkeypatch.setattr(learner_mod, "dpo_loss", finite_loss_nan_grad)
+    nan_check(model, learner, answer_pairs(tok)[:2], snapshot(model))
+
+
 def test_pairs_queue_until_a_batch_is_full(tiny_peft, spy_margins):
     model, tok = tiny_peft()
     answers, stops = answer_pairs(tok), stop_pairs(tok)

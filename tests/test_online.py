@@ -137,6 +137,8 @@ def test_scripted_online_run_progress_lines(tmp_path, scripted_setup):
     backend = engine.backend
     assert {a for a, *_ in backend.generate_calls} == {"answer", None}
     assert {a for a, *_ in backend.stop_calls} == {"stop", None}
+    # the backend is told which adapters changed, after each question that stepped them (vLLM reloads them)
+    assert backend.updated == [["answer", "stop"], ["answer"]]
 
     # the final checkpoint and the saved adapters hold the trained weights
     ckpt = tmp_path / "run" / "online" / "checkpoint"
@@ -186,6 +188,8 @@ def resume_matches_reference(tmp_path, scripted_setup, monkeypatch, tear_last_li
     engine = make_engine()
     run_online(recipe, RunDir(tmp_path / "run"), engine)
     assert strip_seconds(read_jsonl(progress)) == strip_seconds(reference)
+    # restored adapters are announced to the backend before the first question, then question 2's update
+    assert engine.backend.updated == [["answer", "stop"], ["answer"]]
     for name in ("answer", "stop"):
         assert same_tensors(adapter_state(engine.model, name), adapter_state(ref_engine.model, name))
     learners = [torch.load(root / "online" / "checkpoint" / "ckpt-000003" / "learners.pt")
@@ -261,15 +265,16 @@ def test_cli_run_takes_overrides_before_or_after_run_dir(tmp_path, monkeypatch, 
 
 # ------------------------------------------------------------------ subprocesses on the warm tiny model
 
-# Pinned here so that edits of recipes/tiny.yaml do not change what these tests see. With them, seed 2 gives
-# optimizer steps at questions 1, 3 and 5: before and after the checkpoint at 2 (and the one at 4).
+# Run as `harness run online tiny --run-dir D key=value ...`, the documented form. The settings are pinned here
+# so that edits of recipes/tiny.yaml do not change what these tests see. With them, seed 2 gives optimizer steps
+# at questions 1, 3 and 5: before and after the checkpoint at 2 (and the one at 4).
 MODEL_ARGS = ["model.tiny.warmup_steps=300"]
 ARGS = [*MODEL_ARGS, "flow.chunk_size=12", "flow.max_chunks=3", "flow.temperature=1.0", "online.lr=0.001",
         "online.questions=6", "online.checkpoint_every=2", "online.batch_pairs=1", "online.seed=2"]
 
 
 def harness_cmd(run_dir: Path) -> list[str]:
-    return [sys.executable, "-m", "harness.cli", "run", "online", "tiny", *ARGS, "--run-dir", str(run_dir)]
+    return [sys.executable, "-m", "harness.cli", "run", "online", "tiny", "--run-dir", str(run_dir), *ARGS]
 
 
 def start(run_dir: Path, env: dict) -> subprocess.Popen:
@@ -288,29 +293,41 @@ def online_runs(warm_tiny, tmp_path_factory):
     """An uninterrupted run, and a run killed with SIGKILL after its first checkpoint and then resumed."""
     root = tmp_path_factory.mktemp("online")
     env = dict(os.environ)
-    reference = start(root / "reference", env)  # runs alongside the killed one
-    victim_dir = root / "killed"
-    victim = start(victim_dir, env)
-    latest = victim_dir / "online" / "checkpoint" / "latest.json"
-    progress = victim_dir / "online" / "progress.jsonl"
-    deadline = time.monotonic() + 240
-    while True:
-        if latest.is_file() and len(read_jsonl(progress)) >= 3:
-            break
-        assert victim.poll() is None, f"the run ended before it could be killed: {victim.communicate()[1][-3000:]}"
-        assert time.monotonic() < deadline, "no checkpoint within 240 s"
-        time.sleep(0.05)
-    os.kill(victim.pid, signal.SIGKILL)
-    victim.communicate()
-    assert victim.returncode == -signal.SIGKILL
-    killed_at = {
-        "position": json.loads(latest.read_text())["position"],
-        "lines": len(progress.read_text().splitlines()),
-        "done": (victim_dir / "online" / "done.json").exists(),
-    }
-    print(f"killed at {killed_at}")
-    resumed_out, _ = finish(start(victim_dir, env))
-    reference_out, _ = finish(reference)
+    started: list[subprocess.Popen] = []
+    try:
+        reference = start(root / "reference", env)  # runs alongside the killed one
+        victim_dir = root / "killed"
+        victim = start(victim_dir, env)
+        started += [reference, victim]
+        latest = victim_dir / "online" / "checkpoint" / "latest.json"
+        progress = victim_dir / "online" / "progress.jsonl"
+
+        def whole_lines() -> int:
+            return progress.read_text().count("\n") if progress.is_file() else 0
+
+        deadline = time.monotonic() + 240
+        while not (latest.is_file() and whole_lines() >= 3):
+            assert victim.poll() is None, f"the run ended before it was killed: {victim.communicate()[1][-3000:]}"
+            assert time.monotonic() < deadline, "no checkpoint within 240 s"
+            time.sleep(0.05)
+        os.kill(victim.pid, signal.SIGKILL)
+        victim.communicate()
+        assert victim.returncode == -signal.SIGKILL
+        killed_at = {
+            "position": json.loads(latest.read_text())["position"],
+            "lines": whole_lines(),
+            "done": (victim_dir / "online" / "done.json").exists(),
+        }
+        print(f"killed at {killed_at}")
+        resumed = start(victim_dir, env)
+        started.append(resumed)
+        resumed_out, _ = finish(resumed)
+        reference_out, _ = finish(reference)
+    finally:
+        for proc in started:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
     return {"reference": root / "reference", "killed": victim_dir, "killed_at": killed_at,
             "reference_out": reference_out, "resumed_out": resumed_out}
 
@@ -384,7 +401,7 @@ def test_rerunning_a_finished_stage_is_skipped_and_changes_nothing(online_runs, 
     monkeypatch.setattr(Engine, "__init__", no_model)
     monkeypatch.setattr("harness.models.load_base", no_model)
     started = time.perf_counter()
-    assert cli_main(["run", "online", "tiny", *ARGS, "--run-dir", str(folder)]) == 0
+    assert cli_main(["run", "online", "tiny", "--run-dir", str(folder), *ARGS]) == 0
     assert time.perf_counter() - started < 10
     assert json.loads(capsys.readouterr().out) == json.loads((folder / "online" / "done.json").read_text())
     assert snapshot() == before

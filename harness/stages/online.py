@@ -13,6 +13,7 @@ lines after it exactly and ends with the same log and adapter weights as a run n
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -49,8 +50,13 @@ def run_online(recipe: Recipe, run: RunDir, engine: Engine) -> dict:
     if start:
         engine.backend.adapters_updated(["answer", "stop"])
     progress = folder / "progress.jsonl"
-    lines = read_jsonl(progress)[:start]  # lines written after the checkpoint are recomputed identically
-    progress.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    # Lines written after the checkpoint (perhaps a torn last one) are dropped and recomputed identically.
+    kept = progress.read_text().splitlines()[:start] if progress.is_file() else []
+    if len(kept) < start:
+        raise RuntimeError(f"{progress} has {len(kept)} lines but the checkpoint is at question {start}")
+    tmp = progress.with_name(progress.name + ".tmp")
+    tmp.write_text("".join(raw + "\n" for raw in kept))
+    os.replace(tmp, progress)
 
     for index in range(start, len(stream)):
         record = stream[index]
