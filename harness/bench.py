@@ -1,8 +1,8 @@
 """`harness bench flow`: what the batched Flow engine buys over naive generation, and how close it is to the ceiling.
 
 On the same questions it measures
-  (a) engine:  the Flow's main chain, then one rollout from every node continued to the end, all rollouts of a
-               question in one batch (exactly what online learning does);
+  (a) engine:  the Flow's main chains, then one rollout from every node continued to the end, all rollouts of a
+               group of `online.question_batch` questions in one batch (exactly what online learning does);
   (b) naive:   the same work one sequence at a time (every chunk re-encodes its prefix, as (a) does too);
   (c) ceiling: plain batched `generate` of the same model, at the engine's mean rollout batch size.
 Speeds are generated answer tokens per second of wall time (stop decisions count as time, not tokens).
@@ -15,7 +15,7 @@ import time
 from harness.data import load_source
 from harness.engine import Engine
 from harness.flow import Flow
-from harness.flow_rollout import nodes, rollouts
+from harness.flow_rollout import nodes, rollouts_many
 from harness.recipe import Recipe
 from harness.seeds import seed_for
 
@@ -29,12 +29,14 @@ def bench_flow(recipe: Recipe, questions: int) -> dict:
     flow = Flow(engine.backend, engine.prompter, recipe.flow)
     start = time.perf_counter()
     main_seconds, batch_sizes = 0.0, []
-    for index, record in enumerate(records):
+    for first in range(0, len(records), cfg.question_batch):
+        group = records[first : first + cfg.question_batch]
         t0 = time.perf_counter()
-        main = flow.run([flow.start(record.question, record.answer, record.task)], seed_for(cfg.seed, index))[0]
+        mains = flow.run([flow.start(r.question, r.answer, r.task) for r in group], seed_for(cfg.seed, first))
         main_seconds += time.perf_counter() - t0
-        branches = rollouts(flow, main, cfg.rollouts_per_node, cfg.max_resample_tries, seed_for(cfg.seed, index, "r"))
-        batch_sizes.append(len(branches))
+        branches = rollouts_many(flow, mains, cfg.rollouts_per_node, cfg.max_resample_tries,
+                                 seed_for(cfg.seed, first, "r"))
+        batch_sizes.append(sum(map(len, branches)))
     engine_seconds = time.perf_counter() - start
     engine_stats = flow.stats
 

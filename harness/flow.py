@@ -43,6 +43,8 @@ class Trace:
     forced_decision: bool | None = None
     avoid_chunk: list[int] | None = None
     tries_left: int = 0
+    discarded_tokens: int = 0
+    """Tokens drawn for alternatives that equalled the original chunk and were drawn again."""
 
     @property
     def answer_ids(self) -> list[int]:
@@ -132,6 +134,7 @@ class Flow:
             self.stats.tokens += len(sample.token_ids)
             if trace.avoid_chunk is not None and sample.token_ids == trace.avoid_chunk and trace.tries_left > 1:
                 trace.tries_left -= 1  # an alternative must differ from the original: draw again next round
+                trace.discarded_tokens += len(sample.token_ids)
                 continue
             trace.avoid_chunk = None
             trace.chunks.append(sample.token_ids)

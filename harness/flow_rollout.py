@@ -26,10 +26,29 @@ def nodes(trace: Trace) -> list[Node]:
 
 
 def rollouts(flow: Flow, trace: Trace, per_node: int, tries: int, seed: int) -> list[tuple[Node, Trace]]:
-    """`per_node` alternatives at every node, all continued to the end in one batched Flow run."""
-    branches = [(node, flow.branch(trace, node, tries)) for node in nodes(trace) for _ in range(per_node)]
-    flow.run([alt for _, alt in branches], seed)
-    return branches
+    """`per_node` alternatives at every node of one main chain, continued to the end in one batched run."""
+    return rollouts_many(flow, [trace], per_node, tries, seed)[0]
+
+
+def rollouts_many(flow: Flow, traces: list[Trace], per_node: int, tries: int,
+                  seed: int) -> list[list[tuple[Node, Trace]]]:
+    """The rollouts of several main chains (a group of questions) in one batched Flow run."""
+    groups = [[(node, flow.branch(trace, node, tries)) for node in nodes(trace) for _ in range(per_node)]
+              for trace in traces]
+    flow.run([alt for group in groups for _, alt in group], seed)
+    return groups
+
+
+def new_tokens(branches: list[tuple[Node, Trace]]) -> int:
+    """Answer tokens the rollouts generated beyond the prefix they share with the main chain (redraws included)."""
+    return sum(alt.discarded_tokens + sum(len(t) for t in alt.chunks[i + (kind == "stop"):])
+               for (kind, i), alt in branches)
+
+
+def stop_calls(trace: Trace, branches: list[tuple[Node, Trace]]) -> int:
+    """Stop decisions asked of the Stop LLM for a main chain and its rollouts (forced ones are not asked)."""
+    asked = sum(p is not None for p in trace.stop_probs)
+    return asked + sum(p is not None for (_, i), alt in branches for p in alt.stop_probs[i:])
 
 
 def make_pairs(flow: Flow, trace: Trace, branches: list[tuple[Node, Trace]]) -> list[Pair]:

@@ -182,8 +182,18 @@ class OnlineConfig(Section):
     """Agents that learn from their pairs."""
     curves: list[Literal["trained", "frozen", "zero_shot"]] = ["trained", "frozen", "zero_shot"]
     """Progressive-validation curves to measure on the stream (trained is always measured)."""
+    question_batch: int = Field(1, ge=1)
+    """Questions generated together (main chains, curves and rollouts in one batch) before their pairs are learned.
+    1 is the paper's loop; G > 1 answers a group with the adapters as they were at its start."""
     checkpoint_every: int = Field(10, ge=1)
-    """Questions between checkpoints (and at the end)."""
+    """Questions between checkpoints (and at the end); a multiple of question_batch."""
+
+    @model_validator(mode="after")
+    def _groups_fit_checkpoints(self) -> OnlineConfig:
+        if self.checkpoint_every % self.question_batch:
+            raise ValueError(f"online.checkpoint_every ({self.checkpoint_every}) must be a multiple of "
+                             f"online.question_batch ({self.question_batch})")
+        return self
     seed: int = 0
     """Seed of sampling and dropout; every question derives its own seeds from it."""
 

@@ -23,7 +23,7 @@ import torch
 from harness.data import load_source
 from harness.engine import Engine
 from harness.flow import Flow, FlowStats
-from harness.flow_rollout import make_pairs, rollouts
+from harness.flow_rollout import make_pairs, new_tokens, rollouts_many, stop_calls
 from harness.learner import DPOLearner, NonFiniteLoss
 from harness.models import adapter_state, load_adapter_state
 from harness.recipe import Recipe
@@ -58,62 +58,63 @@ def run_online(recipe: Recipe, run: RunDir, engine: Engine) -> dict:
     tmp.write_text("".join(raw + "\n" for raw in kept))
     os.replace(tmp, progress)
 
-    for index in range(start, len(stream)):
-        record = stream[index]
-        seed = seed_for(cfg.seed, index)
-        line = {"index": index, "id": record.id}
+    for first in range(start, len(stream), cfg.question_batch):
+        group = stream[first : first + cfg.question_batch]
+        seed = seed_for(cfg.seed, first)
+        share = 1 / len(group)  # a group's generation time is split evenly over its questions
         trained.stats = FlowStats()
 
         t0 = time.perf_counter()
-        main = trained.run([trained.start(record.question, record.answer, record.task)], seed)[0]
-        line["correct_before"] = main.correct
+        mains = trained.run([trained.start(r.question, r.answer, r.task) for r in group], seed)
         main_seconds = time.perf_counter() - t0
 
         t0 = time.perf_counter()
+        curves: dict[str, list[bool]] = {}
         if "frozen" in cfg.curves:
-            line["frozen_correct"] = frozen.run([frozen.start(record.question, record.answer, record.task)],
-                                                seed)[0].correct
+            curves["frozen_correct"] = [t.correct for t in frozen.run(
+                [frozen.start(r.question, r.answer, r.task) for r in group], seed)]
         if "zero_shot" in cfg.curves:
-            line["zero_shot_correct"] = engine.single_pass([record], recipe.flow.temperature, seed)[0].correct
-        line["curves_seconds"] = time.perf_counter() - t0
+            curves["zero_shot_correct"] = [t.correct for t in engine.single_pass(group, recipe.flow.temperature, seed)]
+        curves_seconds = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        branches = rollouts(trained, main, cfg.rollouts_per_node, cfg.max_resample_tries, seed_for(seed, "rollout"))
-        pairs = make_pairs(trained, main, branches)
+        branches = rollouts_many(trained, mains, cfg.rollouts_per_node, cfg.max_resample_tries,
+                                 seed_for(seed, "rollout"))
         rollout_seconds = time.perf_counter() - t0
 
-        t0 = time.perf_counter()
-        updates = {}
-        for agent, learner in learners.items():
-            learner.add(pairs)
-            while learner.ready():
-                try:
-                    updates.setdefault(agent, []).append(learner.step(seed_for(seed, agent, learner.steps)))
-                except NonFiniteLoss as err:
-                    raise NonFiniteLoss(f"{err}; question {index} ({record.id}); the last good checkpoint "
-                                        f"in {folder / 'checkpoint'} is kept") from None
-        if updates:
-            engine.backend.adapters_updated(sorted(updates))  # vLLM serves the new weights from the next call
-        line |= {
-            "chunks": len(main.chunks),
-            "end": main.end,
-            "extracted": main.extracted,
-            "nodes": len(branches),
-            "pairs": {a: sum(p.agent == a for p in pairs) for a in ("answer", "stop")},
-            "pair_nodes": [p.node for p in pairs],
-            "updates": updates,
-            "tokens": trained.stats.tokens,
-            "stop_decisions": trained.stats.stop_calls,
-            "generate_seconds": main_seconds,
-            "rollout_seconds": rollout_seconds,
-            "answer_gen_seconds": trained.stats.generate_seconds,
-            "stop_seconds": trained.stats.stop_seconds,
-            "update_seconds": time.perf_counter() - t0,
-        }
-        with progress.open("a") as fh:
-            fh.write(json.dumps(line) + "\n")
-        if (index + 1) % cfg.checkpoint_every == 0 or index + 1 == len(stream):
-            save_checkpoint(folder, model, learners, index + 1)
+        for k, (record, main, own) in enumerate(zip(group, mains, branches)):
+            index = first + k
+            pairs = make_pairs(trained, main, own)
+            t0 = time.perf_counter()
+            updates = learn(learners, pairs, seed_for(cfg.seed, index), f"question {index} ({record.id})", folder)
+            if updates:
+                engine.backend.adapters_updated(sorted(updates))  # vLLM serves the new weights from the next call
+            line = {
+                "index": index,
+                "id": record.id,
+                "correct_before": main.correct,
+                **{key: values[k] for key, values in curves.items()},
+                "chunks": len(main.chunks),
+                "end": main.end,
+                "extracted": main.extracted,
+                "nodes": len(own),
+                "pairs": {a: sum(p.agent == a for p in pairs) for a in ("answer", "stop")},
+                "pair_nodes": [p.node for p in pairs],
+                "updates": updates,
+                "tokens": len(main.answer_ids) + new_tokens(own),
+                "stop_decisions": stop_calls(main, own),
+                "generate_seconds": main_seconds * share,
+                "curves_seconds": curves_seconds * share,
+                "rollout_seconds": rollout_seconds * share,
+                "answer_gen_seconds": trained.stats.generate_seconds * share,
+                "stop_seconds": trained.stats.stop_seconds * share,
+                "update_seconds": time.perf_counter() - t0,
+            }
+            with progress.open("a") as fh:
+                fh.write(json.dumps(line) + "\n")
+        end = first + len(group)
+        if end % cfg.checkpoint_every == 0 or end == len(stream):
+            save_checkpoint(folder, model, learners, end)
 
     adapters = folder / "adapters"
     for name in ("answer", "stop"):
@@ -122,6 +123,20 @@ def run_online(recipe: Recipe, run: RunDir, engine: Engine) -> dict:
     summary |= {"skipped_rows": loaded.skipped, "adapters": str(adapters)}
     run.mark_done(STAGE, summary)
     return summary
+
+
+def learn(learners: dict[str, DPOLearner], pairs: list, seed: int, where: str, folder: Path) -> dict:
+    """Queue the question's pairs with each agent's learner; step every learner whose batch is full."""
+    updates: dict[str, list[dict]] = {}
+    for agent, learner in learners.items():
+        learner.add(pairs)
+        while learner.ready():
+            try:
+                updates.setdefault(agent, []).append(learner.step(seed_for(seed, agent, learner.steps)))
+            except NonFiniteLoss as err:
+                raise NonFiniteLoss(f"{err}; {where}; the last good checkpoint in {folder / 'checkpoint'} is kept"
+                                    ) from None
+    return updates
 
 
 def summarize(lines: list[dict]) -> dict:
