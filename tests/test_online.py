@@ -416,3 +416,29 @@ def test_second_process_on_a_locked_run_folder_refuses(tmp_path, env_for_subproc
     assert "in use" in proc.stderr and str(tmp_path / "run") in proc.stderr
     assert "Traceback" not in proc.stderr
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [".lock"]  # nothing written
+
+
+def test_question_groups_keep_per_question_bookkeeping(tmp_path, scripted_setup):
+    """question_batch=2 generates two questions at once; with a backend whose outputs do not depend on the weights,
+    every line (pairs, tokens, stop decisions, updates) equals the one-question-at-a-time run, and a group's
+    generation time is split evenly over its questions."""
+    recipe, make_engine = scripted_setup
+    run_online(recipe, RunDir(tmp_path / "one"), make_engine())
+    grouped = recipe.model_copy(deep=True)
+    grouped.online.question_batch = 2
+    run_online(grouped, RunDir(tmp_path / "two"), make_engine())
+    one = read_jsonl(tmp_path / "one" / "online" / "progress.jsonl")
+    two = read_jsonl(tmp_path / "two" / "online" / "progress.jsonl")
+    drop = ("updates",)
+    assert [{k: v for k, v in line.items() if k not in drop} for line in strip_seconds(two)] == \
+        [{k: v for k, v in line.items() if k not in drop} for line in strip_seconds(one)]
+    assert [sorted(line["updates"]) for line in two] == [sorted(line["updates"]) for line in one]
+    assert two[0]["generate_seconds"] == two[1]["generate_seconds"]
+    assert two[0]["rollout_seconds"] == two[1]["rollout_seconds"]
+
+
+def test_checkpoints_must_fall_on_group_ends(tiny_recipe):
+    from harness.recipe import RecipeError
+
+    with pytest.raises(RecipeError, match="multiple of online.question_batch"):
+        tiny_recipe("online.question_batch=3", "online.checkpoint_every=4")
