@@ -37,6 +37,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
+from harness.recipe import format_errors
+
 PAPERS_DIR = Path(__file__).resolve().parent.parent / "results" / "papers"
 
 
@@ -256,20 +258,10 @@ def _load(path: Path) -> Paper:
     try:
         paper = Paper.model_validate(data)
     except ValidationError as err:
-        raise PaperError(f"{path}: invalid paper file:\n{_format_errors(err)}") from None
+        raise PaperError(f"{path}: invalid paper file:\n{format_errors(err)}") from None
     if paper.paper != path.stem:
         raise PaperError(f"{path}: paper: {paper.paper!r} must equal the file name {path.stem!r}")
     return paper
-
-
-def _format_errors(err: ValidationError) -> str:
-    lines = []
-    for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
-        got = "" if e["type"] == "missing" else f" (got {str(e['input'])[:80]!r})"
-        lines.append(f"  {loc}: {msg}{got}")
-    return "\n".join(lines)
 
 
 def paper_number(

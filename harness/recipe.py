@@ -379,13 +379,14 @@ def load_recipe(name_or_path: str, overrides: list[str] = ()) -> Recipe:
     try:
         recipe = Recipe.model_validate(data)
     except ValidationError as err:
-        raise RecipeError(f"{path}: invalid recipe:\n{_format_errors(err)}") from None
+        raise RecipeError(f"{path}: invalid recipe:\n{format_errors(err)}") from None
     if recipe.name != path.stem:
         raise RecipeError(f"{path}: name: {recipe.name!r} must equal the file name {path.stem!r}")
     return recipe
 
 
-def _format_errors(err: ValidationError) -> str:
+def format_errors(err: ValidationError) -> str:
+    """Pydantic errors as one line per field path (shared by every YAML schema of the project)."""
     lines = []
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
