@@ -44,7 +44,11 @@ class Trace:
     avoid_chunk: list[int] | None = None
     tries_left: int = 0
     discarded_tokens: int = 0
-    """Tokens drawn for alternatives that equalled the original chunk and were drawn again."""
+    """Tokens generated but not kept: redrawn alternatives, and a draft's tokens after the Stop LLM said yes."""
+    draft: list[list[int]] = field(default_factory=list)
+    """Chunks sampled ahead (speculative mode) and not yet passed by a stop decision."""
+    draft_finished: bool = False
+    """The draft's last chunk ends with EOS."""
 
     @property
     def answer_ids(self) -> list[int]:
@@ -126,50 +130,88 @@ class Flow:
         return traces
 
     def _write_chunks(self, traces: list[Trace], seed: int) -> None:
+        """Sample the next chunk of every trace; in speculative mode, the whole remaining budget at once.
+
+        Speculative drafting is exact in distribution: the Answer LLM's next chunk is conditioned on exactly the
+        prompt + partial answer a continued sequence holds, so sampling the rest of the budget in one pass and
+        cutting it into chunks draws from the same distribution as chunk-by-chunk calls, without re-encoding the
+        prefix for every chunk. Tokens after the chunk where Stop says yes are discarded (and counted).
+        """
         start = time.perf_counter()
+        size = self.cfg.chunk_size
+        budgets = [size * (self.cfg.max_chunks - len(t.chunks)) if self.cfg.speculative else size for t in traces]
         prompts = [t.prompt_ids + t.answer_ids for t in traces]
-        samples = self.backend.generate(prompts, self.answer_adapter, self.cfg.chunk_size, self.cfg.temperature,
+        samples = self.backend.generate(prompts, self.answer_adapter, max(budgets), self.cfg.temperature,
                                         self.cfg.top_p, n=1, seed=seed)
-        for trace, (sample,) in zip(traces, samples):
+        for trace, budget, (sample,) in zip(traces, budgets, samples):
             self.stats.tokens += len(sample.token_ids)
-            if trace.avoid_chunk is not None and sample.token_ids == trace.avoid_chunk and trace.tries_left > 1:
+            ids = sample.token_ids[:budget]
+            pieces = [ids[i : i + size] for i in range(0, len(ids), size)]
+            if trace.avoid_chunk is not None and pieces[0] == trace.avoid_chunk and trace.tries_left > 1:
                 trace.tries_left -= 1  # an alternative must differ from the original: draw again next round
                 trace.discarded_tokens += len(sample.token_ids)
                 continue
+            trace.discarded_tokens += len(sample.token_ids) - len(ids)
             trace.avoid_chunk = None
-            trace.chunks.append(sample.token_ids)
-            if sample.finished and self.cfg.eos_ends_flow:
-                self._end(trace, "eos")
-            elif len(trace.chunks) >= self.cfg.max_chunks:
-                self._end(trace, "max_chunks")
-            else:
-                trace.pending = "stop"
+            trace.draft, trace.draft_finished = pieces, sample.finished and len(ids) == len(sample.token_ids)
+            self._take_draft_chunk(trace)
         self.stats.generate_seconds += time.perf_counter() - start
 
+    def _take_draft_chunk(self, trace: Trace) -> None:
+        """Move the draft's next chunk into the answer; end the trace or ask Stop next."""
+        trace.chunks.append(trace.draft.pop(0))
+        if not trace.draft and trace.draft_finished and self.cfg.eos_ends_flow:
+            self._end(trace, "eos")
+        elif len(trace.chunks) >= self.cfg.max_chunks:
+            self._end(trace, "max_chunks")
+        else:
+            trace.pending = "stop"
+
+    def _boundaries(self, trace: Trace) -> list[list[int]]:
+        """Partial answers Stop must judge: now, and after each draft chunk that would not end the Flow."""
+        out = [trace.answer_ids]
+        count = len(trace.chunks)
+        for j, chunk in enumerate(trace.draft):
+            count += 1
+            last = j == len(trace.draft) - 1
+            if count >= self.cfg.max_chunks or (last and trace.draft_finished and self.cfg.eos_ends_flow):
+                break
+            out.append(out[-1] + chunk)
+        return out
+
     def _decide(self, traces: list[Trace]) -> None:
+        """All stop decisions of all traces (every draft boundary included) in one batched forward pass."""
         start = time.perf_counter()
-        asked = [t for t in traces if t.forced_decision is None]
-        probs = []
-        if asked:
-            prompts = [self.prompter.stop_prompt(t.question, t.answer_ids) for t in asked]
-            probs = self.backend.yes_probability(prompts, self.stop_adapter, self.prompter.yes_id,
-                                                 self.prompter.no_id, self.cfg.stop_rule)
-            self.stats.stop_calls += len(asked)
-        for trace, p in zip(asked, probs):
-            trace.stop_probs.append(p)
-            trace.decisions.append(p > self.cfg.stop_threshold)
+        asked = [(t, self._boundaries(t)) for t in traces if t.forced_decision is None]
+        prompts = [self.prompter.stop_prompt(t.question, answer) for t, bounds in asked for answer in bounds]
+        probs = iter(self.backend.yes_probability(prompts, self.stop_adapter, self.prompter.yes_id,
+                                                  self.prompter.no_id, self.cfg.stop_rule) if prompts else [])
+        self.stats.stop_calls += len(prompts)
+        per_trace = {id(t): [next(probs) for _ in bounds] for t, bounds in asked}
         for trace in traces:
-            if trace.forced_decision is not None:  # a stop-node rollout: the opposite of the original decision
-                trace.decisions[-1] = trace.forced_decision
-                trace.forced_decision = None
-            if trace.decisions[-1]:
-                self._end(trace, "stop")
-            else:
-                trace.pending = "chunk"
+            trace_probs = iter(per_trace.get(id(trace), []))
+            while True:
+                if trace.forced_decision is not None:  # a stop-node rollout: the opposite of the original decision
+                    trace.decisions[-1], trace.forced_decision = trace.forced_decision, None
+                else:
+                    p = next(trace_probs)
+                    trace.stop_probs.append(p)
+                    trace.decisions.append(p > self.cfg.stop_threshold)
+                if trace.decisions[-1]:
+                    self._end(trace, "stop")
+                    break
+                if not trace.draft:
+                    trace.pending = "chunk"
+                    break
+                self._take_draft_chunk(trace)
+                if trace.done:
+                    break
         self.stats.stop_seconds += time.perf_counter() - start
 
     @staticmethod
     def _end(trace: Trace, why: str) -> None:
+        trace.discarded_tokens += sum(len(c) for c in trace.draft)
+        trace.draft = []
         trace.end, trace.pending = why, "done"
 
     def _finish(self, trace: Trace) -> None:

@@ -98,6 +98,8 @@ class FlowConfig(Section):
     """Text whose first token is the Stop LLM's Yes."""
     stop_no: str = "No"
     """Text whose first token is the Stop LLM's No."""
+    speculative: bool = True
+    """Sample the rest of the budget in one pass and cut it into chunks (same distribution, no prefix re-encoding)."""
     eos_ends_flow: bool = True
     """An Answer chunk ending in EOS ends the Flow without a Stop decision (the Answer LLM cannot go on)."""
     answer_prompt: PromptTemplate

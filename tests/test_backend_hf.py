@@ -42,7 +42,8 @@ def test_adapter_none_equals_base_model_and_zero_adapters_equal_base(tiny_base):
     backend = HFBackend(peft, tok2)
     for adapter in (None, "answer", "stop"):
         assert greedy_ids(backend, prompts, adapter) == base_ids, adapter
-        assert backend.yes_probability(prompts, adapter, 5, 6) == base_yes, adapter
+        # equal up to float rounding (the vocabulary head sees one position: shapes differ from the plain model's)
+        assert backend.yes_probability(prompts, adapter, 5, 6) == pytest.approx(base_yes, abs=1e-6), adapter
     with pytest.raises(ValueError, match="unknown adapter"):
         backend.generate(prompts, "nope", 4, 0.0)
 

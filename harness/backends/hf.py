@@ -117,7 +117,9 @@ class HFBackend:
             for start in range(0, len(prompts), self.max_batch):
                 ids, mask, positions = self.batch(prompts[start : start + self.max_batch])
                 self.prefill_tokens += int(mask.sum())
-                logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions).logits[:, -1]
+                # logits_to_keep=1: only the last position goes through the vocabulary head (the rest is waste)
+                logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                                    logits_to_keep=1).logits[:, -1]
                 probs += yes_from_logits(logits, yes_id, no_id, rule).tolist()
         return probs
 

@@ -101,7 +101,7 @@ def run_online(recipe: Recipe, run: RunDir, engine: Engine) -> dict:
                 "pairs": {a: sum(p.agent == a for p in pairs) for a in ("answer", "stop")},
                 "pair_nodes": [p.node for p in pairs],
                 "updates": updates,
-                "tokens": len(main.answer_ids) + new_tokens(own),
+                "tokens": len(main.answer_ids) + main.discarded_tokens + new_tokens(own),
                 "stop_decisions": stop_calls(main, own),
                 "generate_seconds": main_seconds * share,
                 "curves_seconds": curves_seconds * share,
