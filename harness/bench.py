@@ -5,7 +5,9 @@ On the same questions it measures
                group of `online.question_batch` questions in one batch (exactly what online learning does);
   (b) naive:   the same work one sequence at a time (every chunk re-encodes its prefix, as (a) does too);
   (c) ceiling: plain batched `generate` of the same model, at the engine's mean rollout batch size.
-Speeds are generated answer tokens per second of wall time (stop decisions count as time, not tokens).
+Speeds are kept answer tokens per second of wall time: tokens of the final traces beyond the prefixes they share
+(draft tokens discarded after a Stop yes, and redrawn alternatives, count as time, not tokens; so do stop
+decisions).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ def bench_flow(recipe: Recipe, questions: int) -> dict:
 
     flow = Flow(engine.backend, engine.prompter, recipe.flow)
     start = time.perf_counter()
-    main_seconds, batch_sizes = 0.0, []
+    main_seconds, batch_sizes, engine_tokens = 0.0, [], 0
     for first in range(0, len(records), cfg.question_batch):
         group = records[first : first + cfg.question_batch]
         t0 = time.perf_counter()
@@ -37,17 +39,21 @@ def bench_flow(recipe: Recipe, questions: int) -> dict:
         branches = rollouts_many(flow, mains, cfg.rollouts_per_node, cfg.max_resample_tries,
                                  seed_for(cfg.seed, first, "r"))
         batch_sizes.append(sum(map(len, branches)))
+        engine_tokens += sum(kept_tokens(m, b) for m, b in zip(mains, branches))
     engine_seconds = time.perf_counter() - start
     engine_stats = flow.stats
 
-    naive = Flow(engine.backend, engine.prompter, recipe.flow)
+    # The naive reference writes chunk by chunk (re-encoding the prefix every chunk), one sequence at a time.
+    naive_tokens = 0
+    naive = Flow(engine.backend, engine.prompter, recipe.flow.model_copy(update={"speculative": False}))
     start = time.perf_counter()
     for index, record in enumerate(records):
         main = naive.run([naive.start(record.question, record.answer, record.task)], seed_for(cfg.seed, index))[0]
-        alts = [naive.branch(main, node, cfg.max_resample_tries) for node in nodes(main)
-                for _ in range(cfg.rollouts_per_node)]
-        for k, alt in enumerate(alts):  # one sequence at a time
+        branches = [(node, naive.branch(main, node, cfg.max_resample_tries)) for node in nodes(main)
+                    for _ in range(cfg.rollouts_per_node)]
+        for k, (_, alt) in enumerate(branches):  # one sequence at a time
             naive.run([alt], seed_for(cfg.seed, index, "naive", k))
+        naive_tokens += kept_tokens(main, branches)
     naive_seconds = time.perf_counter() - start
 
     batch = max(1, round(sum(batch_sizes) / len(batch_sizes)))
@@ -61,17 +67,18 @@ def bench_flow(recipe: Recipe, questions: int) -> dict:
     ceiling_tokens = sum(len(s[0].token_ids) for s in samples)
 
     prefill_share = measure_prefill_share(engine, flow, records[0], recipe)
-    engine_tps = engine_stats.tokens / engine_seconds
-    naive_tps = naive.stats.tokens / naive_seconds
+    engine_tps = engine_tokens / engine_seconds
+    naive_tps = naive_tokens / naive_seconds
     ceiling_tps = ceiling_tokens / ceiling_seconds
     return {
         "recipe": recipe.name,
         "questions": len(records),
         "mean_rollout_batch": sum(batch_sizes) / len(batch_sizes),
-        "engine_tokens": engine_stats.tokens,
+        "engine_tokens": engine_tokens,
+        "engine_tokens_drawn": engine_stats.tokens,
         "engine_seconds": engine_seconds,
         "engine_tokens_per_s": engine_tps,
-        "naive_tokens": naive.stats.tokens,
+        "naive_tokens": naive_tokens,
         "naive_seconds": naive_seconds,
         "naive_tokens_per_s": naive_tps,
         "speedup": engine_tps / naive_tps,
@@ -101,3 +108,9 @@ def measure_prefill_share(engine: Engine, flow: Flow, record, recipe: Recipe) ->
         engine.backend.generate(prompts, "answer", tokens, recipe.flow.temperature, recipe.flow.top_p, seed=2)
         timings[tokens] = time.perf_counter() - start
     return timings[1] / timings[recipe.flow.chunk_size]
+
+
+def kept_tokens(main, branches) -> int:
+    """Answer tokens of a main chain and its rollouts' own continuations (what the work produced)."""
+    return len(main.answer_ids) + sum(sum(len(c) for c in alt.chunks[i + (kind == "stop"):])
+                                      for (kind, i), alt in branches)
