@@ -102,3 +102,20 @@ def test_resume_mid_stage_gives_same_results(finished, tmp_path):
         shutil.rmtree(target) if target.is_dir() else target.unlink()
     reproduce(copy)
     assert digest(copy) == digest(finished)
+
+
+def test_report_numbers_equal_the_run_files(finished):
+    """The report of a real tiny run: its numbers are the logs' and lm-eval's, recomputed here."""
+    report = json.loads((finished / "report/report.json").read_text())
+    lines = [json.loads(x) for x in (finished / "online/progress.jsonl").read_text().splitlines()]
+    final = report["progressive"]["final"]
+    assert final["trained"]["k"] == sum(line["correct_before"] for line in lines)
+    assert final["trained"]["n"] == len(lines)
+    assert final["zero_shot"]["k"] == sum(line["zero_shot_correct"] for line in lines)
+    base = json.loads((finished / "evaluate/base/records.json").read_text())["arith"]
+    cell = next(r for r in report["table1"]["rows"] if r["model"] == "base")["cells"]["arith"]
+    assert cell["value"] == base["metrics"][cell["metric"]]["value"]
+    assert cell["n"] == base["n"] and cell["n_shot"] == base["n_shot"]
+    baseline = json.loads((finished / "baseline/done.json").read_text())
+    assert report["traces"]["baseline"]["correct"] == baseline["correct"]
+    assert (finished / "report/progressive.png").stat().st_size > 10_000
