@@ -12,6 +12,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
+from tqdm.auto import tqdm
+
 T = TypeVar("T")
 
 
@@ -41,8 +43,10 @@ def run_batches(path: Path, items: Sequence[T], batch_size: int,
     tmp.write_text("".join(json.dumps(line) + "\n" for line in lines))
     os.replace(tmp, path)
     done = {line["batch"] for line in lines}
-    with path.open("a") as fh:
-        for number, start in enumerate(range(0, len(items), batch_size)):
+    batches = range(0, len(items), batch_size)
+    with path.open("a") as fh, tqdm(total=len(batches), initial=len(done), desc=path.stem, unit="batch",
+                                    disable=None) as bar:
+        for number, start in enumerate(batches):
             if number in done:
                 continue
             new = [line | {"batch": number} for line in work(number, items[start : start + batch_size])]
@@ -50,4 +54,5 @@ def run_batches(path: Path, items: Sequence[T], batch_size: int,
             fh.write("".join(json.dumps(line) + "\n" for line in new))
             fh.flush()
             lines += new
+            bar.update(1)
     return sorted(lines, key=lambda line: line["batch"])

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 from harness.data import load_source
 from harness.engine import Engine
@@ -58,6 +59,7 @@ def run_online(recipe: Recipe, run: RunDir, engine: Engine) -> dict:
     tmp.write_text("".join(raw + "\n" for raw in kept))
     os.replace(tmp, progress)
 
+    bar = tqdm(total=len(stream), initial=start, desc="online", unit="question", disable=None)
     for first in range(start, len(stream), cfg.question_batch):
         group = stream[first : first + cfg.question_batch]
         seed = seed_for(cfg.seed, first)
@@ -112,10 +114,12 @@ def run_online(recipe: Recipe, run: RunDir, engine: Engine) -> dict:
             }
             with progress.open("a") as fh:
                 fh.write(json.dumps(line) + "\n")
+            bar.update(1)
         end = first + len(group)
         if end % cfg.checkpoint_every == 0 or end == len(stream):
             save_checkpoint(folder, model, learners, end)
 
+    bar.close()
     adapters = folder / "adapters"
     for name in ("answer", "stop"):
         model.save_pretrained(adapters, selected_adapters=[name])
