@@ -86,6 +86,9 @@ def bench_flow(recipe: Recipe, questions: int) -> dict:
         "ceiling_tokens_per_s": ceiling_tps,
         "ceiling_fraction": engine_tps / ceiling_tps,
         "prefill_share": prefill_share,
+        # vLLM only: share of prompt tokens its prefix cache served (the KV reuse the HF backend does not do)
+        **({"prefix_cache_share": engine.backend.cached_tokens / max(1, engine.backend.prefill_tokens)}
+           if hasattr(engine.backend, "cached_tokens") else {}),
         "phase_seconds": {
             "main_chain": main_seconds,
             "rollouts": engine_seconds - main_seconds,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import random
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +30,6 @@ class Record:
     """Gold worked solution (the ground-truth SFT target), when the dataset has one."""
     task: str
     """Grading rules: gsm8k or math."""
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 @dataclass

@@ -31,8 +31,6 @@ class HFBackend:
         self.pad_token_id = tokenizer.pad_token_id
         self.eos_token_id = tokenizer.eos_token_id
         self.device = next(model.parameters()).device
-        self.prefill_tokens = 0
-        """Prompt tokens encoded so far (for the benchmark's prefill share)."""
 
     @contextlib.contextmanager
     def adapter(self, name: str | None) -> Iterator[None]:
@@ -82,7 +80,6 @@ class HFBackend:
 
     def _generate(self, prompts, max_new_tokens, temperature, top_p, n, seed) -> list[list[Sample]]:
         ids, mask, _ = self.batch(prompts)
-        self.prefill_tokens += int(mask.sum()) * n
         sampling = temperature > 0
         config = GenerationConfig(
             max_new_tokens=max_new_tokens,
@@ -116,7 +113,6 @@ class HFBackend:
         with self.adapter(adapter):
             for start in range(0, len(prompts), self.max_batch):
                 ids, mask, positions = self.batch(prompts[start : start + self.max_batch])
-                self.prefill_tokens += int(mask.sum())
                 # logits_to_keep=1: only the last position goes through the vocabulary head (the rest is waste)
                 logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
                                     logits_to_keep=1).logits[:, -1]

@@ -90,7 +90,7 @@ class VLLMBackend:
         self.adapter_source = adapter_source
         self.names: list[str] = sorted(getattr(adapter_source, "peft_config", {}) or {})
         self.prefill_tokens = 0
-        """Prompt tokens sent so far (as in the HF backend, for the benchmark's prefill share)."""
+        """Prompt tokens sent so far (the benchmark reports the prefix-cache share of them)."""
         self.cached_tokens = 0
         """Of those, tokens vLLM served from its prefix cache."""
 
