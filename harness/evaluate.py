@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.recipe import EvalConfig, EvalTask
+from harness.rundir import RunError
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ VLLM_LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
-class SilentAdapterError(RuntimeError):
+class SilentAdapterError(RunError):
     """An adapter model generated exactly what the base model generated on every sample: the LoRA was ignored."""
 
 

@@ -34,10 +34,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
-from harness.recipe import format_errors
+from harness.recipe import format_errors, read_yaml_mapping
 
 PAPERS_DIR = Path(__file__).resolve().parent.parent / "results" / "papers"
 
@@ -249,12 +248,7 @@ def load_paper_file(path: Path) -> Paper:
 
 @lru_cache(maxsize=16)
 def _load(path: Path) -> Paper:
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise PaperError(f"{path}: not valid YAML: {err}") from err
-    if not isinstance(data, dict):
-        raise PaperError(f"{path}: a paper file is a mapping, got {type(data).__name__}")
+    data = read_yaml_mapping(path, PaperError)
     try:
         paper = Paper.model_validate(data)
     except ValidationError as err:

@@ -369,12 +369,7 @@ def apply_override(data: dict, path: list[str], value: Any, where: str) -> None:
 def load_recipe(name_or_path: str, overrides: list[str] = ()) -> Recipe:
     """Load, apply `key.sub=value` overrides, validate. Errors name the file and the field path."""
     path = recipe_path(name_or_path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise RecipeError(f"{path}: not valid YAML: {err}") from err
-    if not isinstance(data, dict):
-        raise RecipeError(f"{path}: a recipe is a mapping of sections, got {type(data).__name__}")
+    data = read_yaml_mapping(path, RecipeError)
     for text in overrides:
         keys, value = parse_override(text)
         apply_override(data, keys, value, str(path))
@@ -385,6 +380,17 @@ def load_recipe(name_or_path: str, overrides: list[str] = ()) -> Recipe:
     if recipe.name != path.stem:
         raise RecipeError(f"{path}: name: {recipe.name!r} must equal the file name {path.stem!r}")
     return recipe
+
+
+def read_yaml_mapping(path: Path, error: type[Exception]) -> dict:
+    """A YAML file that must hold a mapping; anything else raises `error` naming the file."""
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise error(f"{path}: not valid YAML: {err}") from err
+    if not isinstance(data, dict):
+        raise error(f"{path}: the file must hold a mapping of sections, got {type(data).__name__}")
+    return data
 
 
 def format_errors(err: ValidationError) -> str:

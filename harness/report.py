@@ -23,6 +23,7 @@ import yaml
 from tabulate import tabulate
 
 from harness.papers import Paper, load_paper
+from harness.rundir import RunError
 
 Z95 = 1.959963984540054
 CURVES = {"trained": "correct_before", "frozen": "frozen_correct", "zero_shot": "zero_shot_correct"}
@@ -52,7 +53,7 @@ REPORT_FILES = (
 )
 
 
-class ReportError(RuntimeError):
+class ReportError(RunError):
     """A run folder whose files cannot be read; the message names the file."""
 
 

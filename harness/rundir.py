@@ -26,7 +26,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 class RunError(RuntimeError):
-    """A run folder that cannot be used as asked (locked, or made by another recipe)."""
+    """A run that cannot go on as asked: locked folder, another recipe, a missing earlier stage, a silent adapter."""
 
 
 def write_json(path: Path, data: Any) -> None:

@@ -13,6 +13,7 @@ import yaml
 
 from harness.compare import CompareError, compare, parse_fail_below, run_metrics, two_proportion_z
 from harness.report import load_run, wilson, write_report
+from harness.stages.online import summarize
 
 Z = 1.959963984540054
 N_LINES = 20
@@ -115,15 +116,7 @@ def make_run(
         (run / "online").mkdir()
         lines = [progress_line(i, shift) for i in range(N_LINES)]
         (run / "online" / "progress.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
-        rate = lambda key: sum(x[key] for x in lines if key in x) / sum(1 for x in lines if key in x)  # noqa: E731
-        done = {
-            "questions": N_LINES,
-            "progressive_accuracy": rate("correct_before"),
-            "frozen_accuracy": rate("frozen_correct"),
-            "zero_shot_accuracy": rate("zero_shot_correct"),
-            "pairs": {a: sum(x["pairs"][a] for x in lines) for a in ("answer", "stop")},
-            "tokens": sum(x["tokens"] for x in lines),
-            "seconds": {},
+        done = summarize(lines) | {  # what the online stage writes
             "skipped_rows": [],
             "adapters": str(run / "online" / "adapters"),
         }

@@ -7,9 +7,9 @@ Prompts are left-padded into one batch; sampling is seeded per call so a call is
 KV reuse: not done here. A Flow's next chunk re-encodes its prompt (question + partial answer) in one batched
 prefill pass instead of carrying the previous chunk's cache (the cache could not be shared between the Answer
 and Stop adapters anyway, and left-padded batches whose members finish at different lengths would need their
-caches re-aligned). `harness bench flow` prints `prefill_share`, the share of a chunk's generation time spent on
-that prefill: what cache reuse could save (0.44 for smollm2-135m with 16-token chunks on 2 CPU cores; it falls
-as chunks grow, and at paper scale the vLLM backend reuses prefixes through its prefix cache).
+caches re-aligned). The Flow's speculative drafts already avoid most re-encoding (one generate call per draft,
+not per chunk); `harness bench flow` prints `prefill_share`, the share of a chunk's generation time spent on that
+prefill, i.e. what cache reuse could still save. At paper scale the vLLM backend reuses prefixes in its cache.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ from harness.data import load_source
 from harness.engine import Engine
 from harness.flow import Flow
 from harness.recipe import Recipe, SFTConfig
-from harness.rundir import RunDir, read_jsonl, write_json
+from harness.rundir import RunDir, RunError, read_jsonl, write_json
 from harness.seeds import seed_for
 from harness.stages.online import load_trained_adapters
 
@@ -62,7 +62,7 @@ def collect(source: str, recipe: Recipe, run: RunDir, engine: Engine, records) -
                 for r in records if r.solution]
     if source == "self":
         if not run.is_done("baseline"):
-            raise RuntimeError("compile source `self` needs the baseline stage: run `harness run baseline` first")
+            raise RunError("compile source `self` needs the baseline stage: run `harness run baseline` first")
         return [{"id": line["id"], "prompt_ids": line["prompt_ids"], "completion_ids": line["answer_ids"],
                  "chunks": 1} for line in read_jsonl(run.path / "baseline" / "traces.jsonl") if line["correct"]]
     load_trained_adapters(run.path / "online", engine.model)

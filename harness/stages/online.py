@@ -28,7 +28,7 @@ from harness.flow_rollout import make_pairs, new_tokens, rollouts_many, stop_cal
 from harness.learner import DPOLearner, NonFiniteLoss
 from harness.models import adapter_state, load_adapter_state
 from harness.recipe import Recipe
-from harness.rundir import RunDir, read_jsonl, write_json
+from harness.rundir import RunDir, RunError, read_jsonl, write_json
 from harness.seeds import seed_for
 
 STAGE = "online"
@@ -54,7 +54,7 @@ def run_online(recipe: Recipe, run: RunDir, engine: Engine) -> dict:
     # Lines written after the checkpoint (perhaps a torn last one) are dropped and recomputed identically.
     kept = progress.read_text().splitlines()[:start] if progress.is_file() else []
     if len(kept) < start:
-        raise RuntimeError(f"{progress} has {len(kept)} lines but the checkpoint is at question {start}")
+        raise RunError(f"{progress} has {len(kept)} lines but the checkpoint is at question {start}")
     tmp = progress.with_name(progress.name + ".tmp")
     tmp.write_text("".join(raw + "\n" for raw in kept))
     os.replace(tmp, progress)
@@ -196,7 +196,7 @@ def load_checkpoint(folder: Path, model, learners: dict[str, DPOLearner]) -> int
 def load_trained_adapters(folder: Path, model) -> None:
     """Put the finished online stage's adapters (its last checkpoint, bit-exact) on `model`."""
     if not (folder / "done.json").is_file():
-        raise RuntimeError(f"{folder} has no finished online stage: run `harness run online` first")
+        raise RunError(f"{folder} has no finished online stage: run `harness run online` first")
     meta = json.loads((folder / "checkpoint" / "latest.json").read_text())
     load_adapters_file(folder / "checkpoint" / meta["checkpoint"] / "adapters.pt", model)
 
