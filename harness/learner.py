@@ -15,12 +15,16 @@ correct, rejected = the other. DPO on them moves log P(Yes) - log P(No) of that 
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import math
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
 
+from harness.models import adapter_state, load_adapter_state
 from harness.recipe import OnlineConfig
 
 
@@ -71,7 +75,10 @@ def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_cho
 
 
 class DPOLearner:
-    """Online DPO for one adapter; reference = the same model with adapters disabled."""
+    """Online DPO for one adapter. Reference: the same model with adapters disabled (`base`), or a frozen copy of
+    the adapter kept as a second peft adapter `<agent>_ref` (`snapshot`; the predecessor code keeps such a copy and
+    moves it toward the trained one every 100 episodes: here it is replaced every `reference_refresh_every` steps).
+    """
 
     def __init__(self, model: torch.nn.Module, agent: str, cfg: OnlineConfig, pad_id: int) -> None:
         self.model, self.agent, self.cfg, self.pad_id = model, agent, cfg, pad_id
@@ -83,6 +90,15 @@ class DPOLearner:
         self.optimizer = opt(self.params, lr=cfg.lr, **kwargs)
         self.queue: list[Pair] = []
         self.steps = 0
+        self.ref_name = f"{agent}_ref" if cfg.reference == "snapshot" else None
+        if self.ref_name:
+            model.add_adapter(self.ref_name, copy.deepcopy(model.peft_config[agent]))
+            self.refresh_reference()
+
+    def refresh_reference(self) -> None:
+        """Copy the adapter's current weights into the frozen reference adapter."""
+        load_adapter_state(self.model, self.ref_name, adapter_state(self.model, self.agent))
+        self.model.set_adapter(self.agent)  # adding/loading an adapter must not leave the reference active
 
     def add(self, pairs: list[Pair]) -> None:
         self.queue += [p for p in pairs if p.agent == self.agent]
@@ -122,23 +138,44 @@ class DPOLearner:
             raise NonFiniteLoss(f"adapter {self.agent}: gradient norm is {norm.item()} at step {self.steps + 1}")
         self.optimizer.step()
         self.steps += 1
+        if self.ref_name and self.cfg.reference_refresh_every and self.steps % self.cfg.reference_refresh_every == 0:
+            self.refresh_reference()
         return {"loss": mean_loss, "margin": sum(margins) / len(margins), "pairs": len(batch),
                 "accuracy": sum(m > 0 for m in margins) / len(margins)}
 
     def _micro_loss(self, pairs: list[Pair]) -> tuple[torch.Tensor, torch.Tensor]:
         prompts = [p.prompt_ids for p in pairs] * 2
         completions = [p.chosen_ids for p in pairs] + [p.rejected_ids for p in pairs]
-        with torch.no_grad(), self.model.disable_adapter():
+        with torch.no_grad(), self.reference():
             ref = completion_logps(self.model, prompts, completions, self.pad_id)
         policy = completion_logps(self.model, prompts, completions, self.pad_id)
         n = len(pairs)
         return dpo_loss(policy[:n], policy[n:], ref[:n], ref[n:], self.cfg.beta, self.cfg.label_smoothing)
 
+    @contextlib.contextmanager
+    def reference(self) -> Iterator[None]:
+        """The reference policy for the block: adapters disabled, or the snapshot adapter active."""
+        if self.ref_name is None:
+            with self.model.disable_adapter():
+                yield
+            return
+        self.model.set_adapter(self.ref_name)
+        try:
+            yield
+        finally:
+            self.model.set_adapter(self.agent)  # also makes this agent's parameters trainable again
+
     def state_dict(self) -> dict:
-        return {"optimizer": self.optimizer.state_dict(), "queue": [p.to_dict() for p in self.queue],
-                "steps": self.steps}
+        state = {"optimizer": self.optimizer.state_dict(), "queue": [p.to_dict() for p in self.queue],
+                 "steps": self.steps}
+        if self.ref_name:
+            state["reference"] = adapter_state(self.model, self.ref_name)
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
         self.queue = [Pair(**p) for p in state["queue"]]
         self.steps = state["steps"]
+        if self.ref_name:
+            load_adapter_state(self.model, self.ref_name, state["reference"])
+            self.model.set_adapter(self.agent)

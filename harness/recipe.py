@@ -178,8 +178,11 @@ class OnlineConfig(Section):
     """Pairs per forward/backward pass (gradient accumulation inside a step)."""
     grad_clip: float = Field(1.0, gt=0.0)
     """Gradient-norm clipping."""
-    reference: Literal["base"] = "base"
-    """DPO reference policy: `base` = adapters disabled (equal to the initial policy for zero-initialised LoRA)."""
+    reference: Literal["base", "snapshot"] = "base"
+    """DPO reference: `base` = adapters disabled (the initial policy for zero-initialised LoRA); `snapshot` = a
+    frozen copy of the agent's adapter, refreshed every `reference_refresh_every` optimizer steps."""
+    reference_refresh_every: int | None = Field(None, ge=1)
+    """Optimizer steps between snapshot refreshes (None: the copy taken at the start stays frozen)."""
     train_agents: list[Literal["answer", "stop"]] = ["answer", "stop"]
     """Agents that learn from their pairs."""
     curves: list[Literal["trained", "frozen", "zero_shot"]] = ["trained", "frozen", "zero_shot"]

@@ -253,3 +253,46 @@ def test_state_dict_round_trip_continues_identically(tiny_peft):
         learner.step(seed=1)
     a, b = adapter_state(model_a, "answer"), adapter_state(model_b, "answer")
     assert all(same_bits(a[k], b[k]) for k in a)
+
+
+def test_snapshot_reference_of_a_non_zero_adapter_starts_at_margin_zero(tiny_peft, perturb, spy_margins):
+    """reference=snapshot: a frozen copy of the adapter as it was; for an adapter that already moves the model,
+    step-0 margins are exactly 0 against the copy but not against the base model."""
+    model, tok = tiny_peft(dropout=0.0)
+    perturb(model, "answer", scale=0.2)
+    pairs = answer_pairs(tok)
+    learner = DPOLearner(model, "answer", cfg(batch_pairs=3, reference="snapshot"), tok.pad_token_id)
+    assert "answer_ref" in model.peft_config
+    assert torch.count_nonzero(margins_now(model, "answer", pairs, tok.pad_token_id)) > 0  # base reference
+    learner.add(pairs)
+    stats = learner.step(seed=0)
+    assert torch.cat(spy_margins).tolist() == [0.0] * 3
+    assert math.isclose(stats["loss"], math.log(2), rel_tol=1e-6)
+    # the snapshot stays frozen while the adapter moves
+    before = adapter_state(model, "answer_ref")
+    learner.add(pairs)
+    learner.step(seed=1)
+    after = adapter_state(model, "answer_ref")
+    assert all(same_bits(before[k], after[k]) for k in before)
+    assert not all(same_bits(after[k], adapter_state(model, "answer")[k]) for k in after)
+
+
+def test_snapshot_reference_refreshes_and_round_trips(tiny_peft):
+    model, tok = tiny_peft(dropout=0.0)
+    config = cfg(batch_pairs=1, reference="snapshot", reference_refresh_every=2)
+    learner = DPOLearner(model, "answer", config, tok.pad_token_id)
+    pairs = answer_pairs(tok)
+    learner.add(pairs)
+    learner.step(seed=0)  # step 1: no refresh yet
+    ref, cur = adapter_state(model, "answer_ref"), adapter_state(model, "answer")
+    assert not all(same_bits(ref[k], cur[k]) for k in ref)
+    learner.step(seed=1)  # step 2: the snapshot becomes the adapter
+    ref, cur = adapter_state(model, "answer_ref"), adapter_state(model, "answer")
+    assert all(same_bits(ref[k], cur[k]) for k in ref)
+    state = learner.state_dict()
+    other_model, _ = tiny_peft(dropout=0.0)
+    other = DPOLearner(other_model, "answer", config, tok.pad_token_id)
+    other.load_state_dict(state)
+    restored = adapter_state(other_model, "answer_ref")
+    assert all(same_bits(restored[k], ref[k]) for k in ref)
+    assert other_model.active_adapter == "answer"

@@ -54,10 +54,9 @@ def run_compile(recipe: Recipe, run: RunDir, engine: Engine) -> dict:
 
 def collect(source: str, recipe: Recipe, run: RunDir, engine: Engine, records) -> list[dict]:
     """The correct traces (or solutions) of one source, on the compile prompts."""
-    prompts = {r.id: engine.prompter.answer_prompt(r.question) for r in records}
-    eos = engine.tokenizer.eos_token_id
     if source == "ground_truth":
-        return [{"id": r.id, "prompt_ids": prompts[r.id],
+        eos = engine.tokenizer.eos_token_id
+        return [{"id": r.id, "prompt_ids": engine.prompter.answer_prompt(r.question),
                  "completion_ids": engine.prompter.encode(r.solution) + [eos]}
                 for r in records if r.solution]
     if source == "self":
