@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from harness.backends.base import Backend
+from harness.backends.base import Backend, Sample
 from harness.grading import grade
 from harness.prompts import Prompter
 from harness.recipe import FlowConfig
@@ -43,6 +43,8 @@ class Trace:
     forced_decision: bool | None = None
     avoid_chunk: list[int] | None = None
     tries_left: int = 0
+    redrawing: bool = False
+    """A draw repeated the chunk to avoid: the next round draws all remaining tries at once."""
     discarded_tokens: int = 0
     """Tokens generated but not kept: redrawn alternatives, and a draft's tokens after the Stop LLM said yes."""
     draft: list[list[int]] = field(default_factory=list)
@@ -113,15 +115,19 @@ class Flow:
         return alt
 
     def run(self, traces: list[Trace], seed: int) -> list[Trace]:
-        """Advance every trace to its end; phases alternate, each one batched backend call."""
+        """Advance every trace to its end; phases alternate, each one batched backend call.
+
+        Decisions come first in a round, so that stop-node rollouts (whose decision is forced, no call) that must
+        go on write their next chunk in the same call as every other trace.
+        """
         step = 0
         while True:
-            writing = [t for t in traces if t.pending == "chunk"]
-            if writing:
-                self._write_chunks(writing, seed * 1000 + step)
             deciding = [t for t in traces if t.pending == "stop"]
             if deciding:
                 self._decide(deciding)
+            writing = [t for t in traces if t.pending == "chunk"]
+            if writing:
+                self._write_chunks(writing, seed * 1000 + step)
             if not writing and not deciding:
                 break
             step += 1
@@ -140,22 +146,37 @@ class Flow:
         start = time.perf_counter()
         size = self.cfg.chunk_size
         budgets = [size * (self.cfg.max_chunks - len(t.chunks)) if self.cfg.speculative else size for t in traces]
-        prompts = [t.prompt_ids + t.answer_ids for t in traces]
-        samples = self.backend.generate(prompts, self.answer_adapter, max(budgets), self.cfg.temperature,
-                                        self.cfg.top_p, n=1, seed=seed)
-        for trace, budget, (sample,) in zip(traces, budgets, samples):
-            self.stats.tokens += len(sample.token_ids)
-            ids = sample.token_ids[:budget]
-            pieces = [ids[i : i + size] for i in range(0, len(ids), size)]
-            if trace.avoid_chunk is not None and pieces[0] == trace.avoid_chunk and trace.tries_left > 1:
-                trace.tries_left -= 1  # an alternative must differ from the original: draw again next round
-                trace.discarded_tokens += len(sample.token_ids)
+        # A rollout whose first draw repeated the original chunk draws all its remaining tries at once and
+        # takes the first that differs: the same distribution as redrawing one at a time, in one round.
+        draws = [t.tries_left if t.redrawing else 1 for t in traces]
+        prompts = [t.prompt_ids + t.answer_ids for t, k in zip(traces, draws) for _ in range(k)]
+        samples = iter(self.backend.generate(prompts, self.answer_adapter,
+                                             [b for b, k in zip(budgets, draws) for _ in range(k)],
+                                             self.cfg.temperature, self.cfg.top_p, n=1, seed=seed))
+        for trace, k in zip(traces, draws):
+            drawn = [next(samples)[0] for _ in range(k)]
+            chosen = self._first_acceptable(trace, drawn)
+            self.stats.tokens += sum(len(d.token_ids) for d in drawn)
+            trace.discarded_tokens += sum(len(d.token_ids) for d in drawn if d is not chosen)
+            if chosen is None:
+                trace.redrawing = True  # every draw repeated the original: draw again next round
                 continue
-            trace.discarded_tokens += len(sample.token_ids) - len(ids)
-            trace.avoid_chunk = None
-            trace.draft, trace.draft_finished = pieces, sample.finished and len(ids) == len(sample.token_ids)
+            trace.avoid_chunk, trace.redrawing = None, False
+            ids = chosen.token_ids
+            trace.draft = [ids[i : i + size] for i in range(0, len(ids), size)]
+            trace.draft_finished = chosen.finished
             self._take_draft_chunk(trace)
         self.stats.generate_seconds += time.perf_counter() - start
+
+    def _first_acceptable(self, trace: Trace, drawn: list[Sample]) -> Sample | None:
+        """The first draw a trace may keep: for a rollout, one whose first chunk differs from the original's
+        (its last try is kept either way, and then yields no pair)."""
+        for sample in drawn:
+            if (trace.avoid_chunk is None or trace.tries_left <= 1
+                    or sample.token_ids[: self.cfg.chunk_size] != trace.avoid_chunk):
+                return sample
+            trace.tries_left -= 1
+        return None
 
     def _take_draft_chunk(self, trace: Trace) -> None:
         """Move the draft's next chunk into the answer; end the trace or ask Stop next."""

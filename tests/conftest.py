@@ -145,17 +145,17 @@ class ScriptedBackend:
         raise AssertionError(f"unscripted stop prompt {self.tok.decode(prompt)!r}")
 
     def generate(self, prompts, adapter, max_new_tokens, temperature, top_p=1.0, n=1, seed=0):
-        from harness.backends.base import Sample
+        from harness.backends.base import Sample, token_budgets
 
         out = []
-        for prompt in prompts:
+        for prompt, budget in zip(prompts, token_budgets(max_new_tokens, len(prompts))):
             question, partial = self._answer_split(prompt)
             key = (adapter, question, partial)
             k = self.counts.get(key, 0)
             self.counts[key] = k + 1
             options = self.chunks[question][partial]
             text = options[min(k, len(options) - 1)]
-            ids = self.ids(text)[:max_new_tokens]
+            ids = self.ids(text)[:budget]
             self.generate_calls.append((adapter, question, partial, text))
             finished = bool(ids) and ids[-1] == self.eos_token_id
             out.append([Sample(ids, [-1.0] * len(ids), finished) for _ in range(n)])

@@ -159,3 +159,48 @@ def test_yes_probability_equals_manual_softmax_of_unpadded_forward(tiny_base, pe
     with_stop = backend.yes_probability(prompts, "stop", yes_id, no_id, rule)
     without = backend.yes_probability(prompts, None, yes_id, no_id, rule)
     assert with_stop != without
+
+
+def transformers_greedy(model, prompt: list[int], tokens: int, eos: int) -> list[int]:
+    """transformers' own generate on one unpadded prompt: the reference for the backend's decoding loop."""
+    with torch.no_grad():
+        out = model.generate(input_ids=torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt),
+                             dtype=torch.long), max_new_tokens=tokens, do_sample=False, eos_token_id=eos,
+                             pad_token_id=eos)
+    return out[0, len(prompt):].tolist()
+
+
+@pytest.mark.parametrize("row_tokens", [512, 8])
+def test_greedy_ids_equal_transformers_generate_with_shared_prefixes(tiny_base, perturb, row_tokens):
+    model, tok = tiny_base()
+    peft = with_adapters(model, {"answer": LoraSpec(), "stop": LoraSpec()})
+    perturb(peft, "answer", seed=4, scale=0.2)
+    # prompts that extend each other, repeat, and share nothing: one packed tree, or many small rows
+    prompts = [encode(tok, q) for q in ("What is 1+2?", "What is 1+2? It is", "What is 1+2?", "Hi there",
+                                        "What is 7*8?")]
+    backend = HFBackend(peft, tok, row_tokens=row_tokens)
+    for adapter in ("answer", None):
+        got = greedy_ids(backend, prompts, adapter, tokens=20)
+        with backend.adapter(adapter):
+            want = [transformers_greedy(peft, p, 20, tok.eos_token_id) for p in prompts]
+        # transformers pads a finished row with EOS; the backend stops at the first EOS
+        want = [w[: w.index(tok.eos_token_id) + 1] if tok.eos_token_id in w else w for w in want]
+        assert got == want, adapter
+    assert backend.encoded_tokens < backend.prompt_tokens  # the shared prefixes were encoded once
+
+
+def test_per_prompt_budgets_cut_each_sample_and_leave_the_others_unchanged(tiny_base):
+    model, tok = tiny_base()
+    eos = tok.eos_token_id
+    backend = HFBackend(model, tok)
+    prompts = [encode(tok, q) for q in QUESTIONS]
+    full = [row[0] for row in backend.generate(prompts, None, 12, 0.0)]
+    budgets = [3, 12, 1, 7]
+    cut = [row[0] for row in backend.generate(prompts, None, budgets, 0.0)]
+    for whole, part, budget in zip(full, cut, budgets):
+        assert part.token_ids == whole.token_ids[:budget]
+        assert part.finished == (part.token_ids[-1] == eos)
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        backend.generate(prompts, None, [3, 4], 0.0)
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        backend.generate(prompts, None, 0, 0.0)

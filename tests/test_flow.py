@@ -285,14 +285,18 @@ def test_no_pair_when_the_resampled_chunk_equals_the_original(tiny_recipe, scrip
     ]
 
 
-def test_resampling_stops_at_the_first_differing_chunk(tiny_recipe, scripted_backend):
+def test_resampling_takes_the_first_differing_chunk_drawing_the_other_tries_in_one_round(tiny_recipe,
+                                                                                         scripted_backend):
     chunks = {"": ["3+4", "3+4", "3+5", "3+6"], "3+4": ["=7"], "3+5": ["=8"]}
     stop = {"3+4": 0.1, "3+5": 0.1}
     flow, backend, tok = scripted_flow(tiny_recipe, scripted_backend, chunks, stop, "flow.max_chunks=2")
     (main,) = flow.run([flow.start(Q, "7", "gsm8k")], seed=0)
     branches = rollouts(flow, main, per_node=1, tries=4, seed=1)
-    assert dict(branches)["answer", 0].chunks[0] == ids(tok, "3+5")
-    assert sum(1 for a, _, p, _ in backend.generate_calls if p == "") == 1 + 2
+    alt = dict(branches)["answer", 0]
+    assert alt.chunks[0] == ids(tok, "3+5")
+    # main chain, the rollout's first draw (a repeat), then its 3 remaining tries together
+    assert [t for a, _, p, t in backend.generate_calls if p == ""] == ["3+4", "3+4", "3+5", "3+6", "3+6"]
+    assert alt.discarded_tokens == len(ids(tok, "3+4")) + len(ids(tok, "3+6")) * 2
 
 
 @pytest.mark.parametrize("per_node", [1, 2])

@@ -27,13 +27,14 @@ class Backend(Protocol):
         self,
         prompts: list[list[int]],
         adapter: str | None,
-        max_new_tokens: int,
+        max_new_tokens: int | list[int],
         temperature: float,
         top_p: float = 1.0,
         n: int = 1,
         seed: int = 0,
     ) -> list[list[Sample]]:
-        """`n` continuations of each prompt; deterministic for a given seed and batch."""
+        """`n` continuations of each prompt, each at most `max_new_tokens` long (one budget for all prompts, or
+        one per prompt); deterministic for a given seed and batch."""
         ...
 
     def yes_probability(self, prompts: list[list[int]], adapter: str | None, yes_id: int, no_id: int,
@@ -44,6 +45,14 @@ class Backend(Protocol):
     def adapters_updated(self, names: list[str]) -> None:
         """Tell the backend that these adapters' weights changed (vLLM reloads them under a new id)."""
         ...
+
+
+def token_budgets(max_new_tokens: int | list[int], prompts: int) -> list[int]:
+    """One token budget per prompt, each at least 1."""
+    budgets = [max_new_tokens] * prompts if isinstance(max_new_tokens, int) else list(max_new_tokens)
+    if len(budgets) != prompts or any(b < 1 for b in budgets):
+        raise ValueError(f"need one max_new_tokens >= 1 per prompt ({prompts} prompts), got {max_new_tokens!r}")
+    return budgets
 
 
 def yes_from_logits(logits: torch.Tensor, yes_id: int, no_id: int, rule: str) -> torch.Tensor:

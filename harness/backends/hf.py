@@ -1,15 +1,16 @@
-"""The `hf` backend: transformers generate over one peft model carrying both agents' adapters.
+"""The `hf` backend: one transformers + peft model carrying both agents' adapters, with its own decoding loop.
 
 Adapters are switched by name on the same weights, so an online update is visible to the next call at once.
-Prompts are left-padded into one batch; sampling is seeded per call so a call is a pure function of
-(weights, prompts, seed).
 
-KV reuse: not done here. A Flow's next chunk re-encodes its prompt (question + partial answer) in one batched
-prefill pass instead of carrying the previous chunk's cache (the cache could not be shared between the Answer
-and Stop adapters anyway, and left-padded batches whose members finish at different lengths would need their
-caches re-aligned). The Flow's speculative drafts already avoid most re-encoding (one generate call per draft,
-not per chunk); `harness bench flow` prints `prefill_share`, the share of a chunk's generation time spent on that
-prefill, i.e. what cache reuse could still save. At paper scale the vLLM backend reuses prefixes in its cache.
+KV reuse. A Flow batch is mostly shared prefixes: a question's rollouts all continue prompt + a prefix of the
+main chain, and a question's Stop prompts repeat the question and each partial answer. `generate` therefore
+encodes a batch's prompts once as packed token trees (`prefix_tree.pack`: every shared token once), gathers each
+sequence's left-padded KV cache out of the packed one and decodes from there; `yes_probability` reads P(Yes)
+off the same packed forward. transformers' `generate` cannot start from such a cache (it encodes every row in
+full), which is why decoding is written here: a plain sampling loop (temperature, then transformers'
+`TopPLogitsWarper`) over `DynamicCache` that also drops each sequence from the batch as soon as it ends (EOS or
+its own token budget), where `generate` keeps computing finished rows until the longest one ends.
+Sampling is seeded per call, so a call is a pure function of (weights, prompts, budgets, seed).
 """
 
 from __future__ import annotations
@@ -18,19 +19,28 @@ import contextlib
 from collections.abc import Iterator
 
 import torch
-from transformers import GenerationConfig
+from transformers import DynamicCache, TopPLogitsWarper
 
-from harness.backends.base import Sample, yes_from_logits
+from harness.backends.base import Sample, token_budgets, yes_from_logits
+from harness.backends.prefix_tree import Packing, pack
 
 
 class HFBackend:
-    def __init__(self, model: torch.nn.Module, tokenizer, max_batch: int = 64) -> None:
+    def __init__(self, model: torch.nn.Module, tokenizer, max_batch: int = 64, row_tokens: int = 512) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.max_batch = max_batch
+        """Sequences decoded (or Stop prompts read) together."""
+        self.row_tokens = row_tokens
+        """Tokens per packed prompt-tree row: longer rows share more, but attention grows with its square."""
         self.pad_token_id = tokenizer.pad_token_id
         self.eos_token_id = tokenizer.eos_token_id
         self.device = next(model.parameters()).device
+        self.dtype = next(model.parameters()).dtype
+        self.encoded_tokens = 0
+        """Prompt tokens encoded so far (each shared prefix once)."""
+        self.prompt_tokens = 0
+        """Prompt tokens asked for so far (what encoding every prompt in full would cost)."""
 
     @contextlib.contextmanager
     def adapter(self, name: str | None) -> Iterator[None]:
@@ -48,76 +58,132 @@ class HFBackend:
             self.model.set_adapter(name)
             yield
 
-    def batch(self, prompts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Left-padded ids, attention mask and position ids (so padding does not shift positions)."""
-        width = max(len(p) for p in prompts)
-        ids = torch.full((len(prompts), width), self.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(prompts), width), dtype=torch.long)
-        for row, prompt in enumerate(prompts):
-            ids[row, width - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
-            mask[row, width - len(prompt) :] = 1
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        return ids.to(self.device), mask.to(self.device), positions.to(self.device)
-
     @torch.no_grad()
     def generate(
         self,
         prompts: list[list[int]],
         adapter: str | None,
-        max_new_tokens: int,
+        max_new_tokens: int | list[int],
         temperature: float,
         top_p: float = 1.0,
         n: int = 1,
         seed: int = 0,
     ) -> list[list[Sample]]:
-        out: list[list[Sample]] = []
-        step = max(1, self.max_batch // n)
+        budgets = token_budgets(max_new_tokens, len(prompts))
+        out: list[list[Sample]] = [[] for _ in prompts]
         with self.adapter(adapter):
-            for start in range(0, len(prompts), step):
-                out += self._generate(prompts[start : start + step], max_new_tokens, temperature, top_p, n,
-                                      seed + start)
+            for start, group in self._groups(prompts, max(1, self.max_batch // n)):
+                samples = self._generate([prompts[i] for i in group], [budgets[i] for i in group], temperature,
+                                         top_p, n, seed + start)
+                for i, row in zip(group, samples):
+                    out[i] = row
         return out
-
-    def _generate(self, prompts, max_new_tokens, temperature, top_p, n, seed) -> list[list[Sample]]:
-        ids, mask, _ = self.batch(prompts)
-        sampling = temperature > 0
-        config = GenerationConfig(
-            max_new_tokens=max_new_tokens,
-            do_sample=sampling,
-            temperature=temperature if sampling else None,
-            top_p=top_p if sampling else None,
-            top_k=0 if sampling else None,
-            num_return_sequences=n,
-            pad_token_id=self.pad_token_id,
-            eos_token_id=self.eos_token_id,
-            return_dict_in_generate=True,
-            output_scores=True,
-        )
-        torch.manual_seed(seed)
-        result = self.model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
-        new = result.sequences[:, ids.shape[1] :]
-        logprobs = torch.stack([torch.log_softmax(s.float(), -1) for s in result.scores], dim=1)
-        chosen = logprobs.gather(-1, new[:, : logprobs.shape[1]].unsqueeze(-1)).squeeze(-1)
-        samples = []
-        for row in range(new.shape[0]):
-            tokens = new[row].tolist()
-            finished = self.eos_token_id in tokens
-            length = tokens.index(self.eos_token_id) + 1 if finished else len(tokens)
-            samples.append(Sample(tokens[:length], chosen[row, :length].tolist(), finished))
-        return [samples[i * n : (i + 1) * n] for i in range(len(prompts))]
 
     @torch.no_grad()
     def yes_probability(self, prompts: list[list[int]], adapter: str | None, yes_id: int, no_id: int,
                         rule: str = "yes_vs_no") -> list[float]:
-        probs: list[float] = []
+        probs = [0.0] * len(prompts)
         with self.adapter(adapter):
-            for start in range(0, len(prompts), self.max_batch):
-                ids, mask, positions = self.batch(prompts[start : start + self.max_batch])
-                # logits_to_keep=1: only the last position goes through the vocabulary head (the rest is waste)
-                logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                                    logits_to_keep=1).logits[:, -1]
-                probs += yes_from_logits(logits, yes_id, no_id, rule).tolist()
+            for _, group in self._groups(prompts, self.max_batch):
+                packing = pack([prompts[i] for i in group], self.row_tokens, self.pad_token_id)
+                hidden = self._encode(packing, cache=None)
+                for i, p in zip(group, yes_from_logits(self._head(hidden), yes_id, no_id, rule).tolist()):
+                    probs[i] = p
         return probs
 
     def adapters_updated(self, names: list[str]) -> None:
         """Nothing to do: the adapters are trained in place on the same model object."""
+
+    @staticmethod
+    def _groups(prompts: list[list[int]], size: int) -> Iterator[tuple[int, list[int]]]:
+        """Prompt indices in sorted order (prompts sharing a prefix end up together), `size` at a time."""
+        order = sorted(range(len(prompts)), key=lambda i: prompts[i])
+        for start in range(0, len(order), size):
+            yield start, order[start : start + size]
+
+    def _encode(self, packing: Packing, cache: DynamicCache | None) -> torch.Tensor:
+        """One forward over the packed prompt trees; the hidden state at each prompt's last token [prompts, H]."""
+        self.encoded_tokens += packing.nodes
+        self.prompt_tokens += sum(map(len, packing.paths))
+        mask = torch.zeros(packing.mask.shape, dtype=self.dtype).masked_fill(~packing.mask, torch.finfo(self.dtype).min)
+        hidden = self.model.get_decoder()(
+            input_ids=packing.ids.to(self.device), attention_mask=mask.to(self.device),
+            position_ids=packing.positions.to(self.device), past_key_values=cache, use_cache=cache is not None,
+        ).last_hidden_state
+        last = torch.tensor([path[-1] for path in packing.paths], device=self.device)
+        return hidden[torch.tensor(packing.rows, device=self.device), last]
+
+    def _head(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.model.get_output_embeddings()(hidden).float()
+
+    def _step(self, tokens: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor,
+              cache: DynamicCache) -> torch.Tensor:
+        """Next-token logits after feeding one token per sequence."""
+        hidden = self.model.get_decoder()(input_ids=tokens[:, None], attention_mask=mask,
+                                          position_ids=positions[:, None], past_key_values=cache,
+                                          use_cache=True).last_hidden_state[:, -1]
+        return self._head(hidden)
+
+    def _sequence_cache(self, packing: Packing, cache: DynamicCache, prompts: list[list[int]],
+                        copies: list[int]) -> tuple[DynamicCache, torch.Tensor]:
+        """Each sequence's left-padded KV cache gathered from the packed trees, and its attention mask."""
+        width = max(len(prompts[i]) for i in copies)
+        columns = torch.zeros((len(copies), width), dtype=torch.long)
+        mask = torch.zeros((len(copies), width), dtype=torch.long)
+        for seq, i in enumerate(copies):
+            columns[seq, width - len(prompts[i]) :] = torch.tensor(packing.paths[i])
+            mask[seq, width - len(prompts[i]) :] = 1
+        rows = torch.tensor([packing.rows[i] for i in copies])[:, None].to(self.device)
+        columns = columns.to(self.device)
+        layers = [(layer.keys[rows, :, columns].transpose(1, 2).contiguous(),
+                   layer.values[rows, :, columns].transpose(1, 2).contiguous()) for layer in cache.layers]
+        return DynamicCache(ddp_cache_data=layers), mask.to(self.device)
+
+    def _sample(self, logits: torch.Tensor, temperature: float, top_p: float,
+                generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """A token per row and its log-probability under the sampling distribution (greedy: the model's)."""
+        if temperature <= 0:
+            logprobs = torch.log_softmax(logits, -1)
+            token = logits.argmax(-1)
+        else:
+            scores = logits / temperature
+            if top_p < 1.0:
+                scores = TopPLogitsWarper(top_p)(None, scores)
+            logprobs = torch.log_softmax(scores, -1)
+            token = torch.multinomial(logprobs.exp(), 1, generator=generator)[:, 0]
+        return token, logprobs.gather(-1, token[:, None])[:, 0]
+
+    def _generate(self, prompts: list[list[int]], budgets: list[int], temperature: float, top_p: float, n: int,
+                  seed: int) -> list[list[Sample]]:
+        packing = pack(prompts, self.row_tokens, self.pad_token_id)
+        tree_cache = DynamicCache()
+        last_hidden = self._encode(packing, tree_cache)
+        copies = [i for i in range(len(prompts)) for _ in range(n)]  # sequence -> its prompt
+        cache, mask = self._sequence_cache(packing, tree_cache, prompts, copies)
+        del tree_cache
+        logits = self._head(last_hidden)[torch.tensor(copies, device=self.device)]
+        positions = torch.tensor([len(prompts[i]) for i in copies], device=self.device)
+        generator = torch.Generator(self.device).manual_seed(seed)
+        tokens: list[list[int]] = [[] for _ in copies]
+        logprobs: list[list[float]] = [[] for _ in copies]
+        active = list(range(len(copies)))
+        while True:
+            token, logprob = self._sample(logits, temperature, top_p, generator)
+            keep = []
+            for row, (seq, t, lp) in enumerate(zip(active, token.tolist(), logprob.tolist())):
+                tokens[seq].append(t)
+                logprobs[seq].append(lp)
+                if t != self.eos_token_id and len(tokens[seq]) < budgets[copies[seq]]:
+                    keep.append(row)
+            if not keep:
+                break
+            if len(keep) < len(active):  # drop the sequences that ended from the batch
+                index = torch.tensor(keep, device=self.device)
+                cache.batch_select_indices(index)
+                mask, positions, token = mask[index], positions[index], token[index]
+                active = [active[row] for row in keep]
+            mask = torch.cat([mask, mask.new_ones((len(active), 1))], dim=1)
+            logits = self._step(token, mask, positions, cache)
+            positions = positions + 1
+        samples = [Sample(ids, lps, ids[-1] == self.eos_token_id) for ids, lps in zip(tokens, logprobs)]
+        return [samples[i * n : (i + 1) * n] for i in range(len(prompts))]

@@ -35,7 +35,7 @@ from itertools import count
 from pathlib import Path
 from typing import Any
 
-from harness.backends.base import Sample
+from harness.backends.base import Sample, token_budgets
 
 _LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 """Values vLLM accepts for max_lora_rank (vllm.config.lora.MaxLoRARanks)."""
@@ -164,7 +164,7 @@ class VLLMBackend:
         self,
         prompts: list[list[int]],
         adapter: str | None,
-        max_new_tokens: int,
+        max_new_tokens: int | list[int],
         temperature: float,
         top_p: float = 1.0,
         n: int = 1,
@@ -175,6 +175,7 @@ class VLLMBackend:
 
         if not prompts:
             return []
+        budgets = token_budgets(max_new_tokens, len(prompts))
         sampling = temperature > 0
         params = [
             SamplingParams(
@@ -182,7 +183,7 @@ class VLLMBackend:
                 temperature=temperature if sampling else 0.0,
                 top_p=top_p if sampling else 1.0,
                 top_k=0,
-                max_tokens=max_new_tokens,
+                max_tokens=budget,
                 # vLLM gives child j of a request the seed `seed + j`: space prompts n apart.
                 seed=seed + i * n if sampling else None,
                 logprobs=0,
@@ -192,7 +193,7 @@ class VLLMBackend:
                 detokenize=False,
                 skip_special_tokens=False,
             )
-            for i in range(len(prompts))
+            for i, budget in enumerate(budgets)
         ]
         out: list[list[Sample]] = []
         for request in self._run(prompts, params, adapter):

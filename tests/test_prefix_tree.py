@@ -1,0 +1,66 @@
+"""Packed prompt trees: each shared token once, and each prompt's last token sees exactly its own prompt."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from harness.backends.prefix_tree import pack
+
+PROMPTS = [[5, 6, 7, 8], [5, 6, 9], [5, 6, 7], [4, 6], [5, 6, 7, 8]]
+
+
+def test_shared_prefixes_are_one_node_and_paths_spell_each_prompt():
+    packing = pack(PROMPTS, row_tokens=64, pad_id=0)
+    # distinct prefixes: 5 6 7 8 / 5 6 9 / 4 6 -> nodes 5,6,7,8,9,4,6
+    assert packing.nodes == 7
+    assert packing.ids.shape == (1, 7)
+    for prompt, row, path in zip(PROMPTS, packing.rows, packing.paths):
+        assert packing.ids[row, path].tolist() == prompt
+        assert packing.positions[row, path].tolist() == list(range(len(prompt)))
+    # a prompt that is a prefix of another ends at an inner node; duplicates share every node
+    assert packing.paths[2] == packing.paths[0][:3]
+    assert packing.paths[4] == packing.paths[0]
+
+
+def test_each_node_attends_to_exactly_its_ancestors():
+    packing = pack(PROMPTS, row_tokens=64, pad_id=0)
+    for row, path in zip(packing.rows, packing.paths):
+        for depth, column in enumerate(path):
+            seen = packing.mask[row, 0, column].nonzero()[:, 0].tolist()
+            assert sorted(seen) == sorted(path[: depth + 1])
+
+
+def test_rows_split_at_row_tokens_and_padding_sees_only_itself():
+    packing = pack(PROMPTS, row_tokens=4, pad_id=0)
+    assert packing.ids.shape[0] > 1
+    assert all(packing.ids[row, path].tolist() == prompt
+               for prompt, row, path in zip(PROMPTS, packing.rows, packing.paths))
+    width = packing.ids.shape[1]
+    for row in range(packing.ids.shape[0]):
+        used = {c for r, path in zip(packing.rows, packing.paths) if r == row for c in path}
+        for column in set(range(width)) - used:
+            assert packing.mask[row, 0, column].nonzero()[:, 0].tolist() == [column]
+            assert packing.ids[row, column] == 0
+    # a prompt longer than row_tokens still gets a row of its own
+    long = pack([list(range(1, 10))], row_tokens=4, pad_id=0)
+    assert long.paths[0] == list(range(9))
+
+
+def test_empty_prompt_is_an_error():
+    with pytest.raises(ValueError, match="empty prompt"):
+        pack([[1], []], row_tokens=8, pad_id=0)
+
+
+def test_packed_forward_equals_each_prompt_alone(tiny_base):
+    model, tok = tiny_base()
+    prompts = [tok.encode(text, add_special_tokens=False)
+               for text in ("What is 1+2?", "What is 1+2? It is", "What is 7*8?", "Hi", "What is 1+2?")]
+    packing = pack(prompts, row_tokens=16, pad_id=tok.pad_token_id)
+    assert packing.nodes < sum(map(len, prompts))
+    mask = torch.zeros(packing.mask.shape).masked_fill(~packing.mask, torch.finfo(torch.float32).min)
+    with torch.no_grad():
+        logits = model(input_ids=packing.ids, attention_mask=mask, position_ids=packing.positions).logits
+        for prompt, row, path in zip(prompts, packing.rows, packing.paths):
+            alone = model(input_ids=torch.tensor([prompt])).logits[0, -1]
+            torch.testing.assert_close(logits[row, path[-1]], alone, atol=1e-5, rtol=1e-5)
