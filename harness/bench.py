@@ -3,8 +3,9 @@
 On the same questions it measures
   (a) engine:  the Flow's main chains, then one rollout from every node continued to the end, all rollouts of a
                group of `online.question_batch` questions in one batch (exactly what online learning does);
-  (b) naive:   the same work one sequence at a time (every chunk re-encodes its prefix, as (a) does too);
-  (c) ceiling: plain batched `generate` of the same model, at the engine's mean rollout batch size.
+  (b) naive:   the same work one sequence at a time, chunk by chunk, every chunk re-encoding its prefix;
+  (c) ceiling: plain batched `generate` of the same model (the same backend), at the engine's mean rollout
+               batch size.
 Speeds are kept answer tokens per second of wall time: tokens of the final traces beyond the prefixes they share
 (draft tokens discarded after a Stop yes, and redrawn alternatives, count as time, not tokens; so do stop
 decisions).
@@ -45,7 +46,7 @@ def bench_flow(recipe: Recipe, questions: int) -> dict:
 
     # The naive reference writes chunk by chunk (re-encoding the prefix every chunk), one sequence at a time.
     naive_tokens = 0
-    naive = Flow(engine.backend, engine.prompter, recipe.flow.model_copy(update={"speculative": False}))
+    naive = Flow(NoReuse(engine.backend), engine.prompter, recipe.flow.model_copy(update={"speculative": False}))
     start = time.perf_counter()
     for index, record in enumerate(records):
         main = naive.run([naive.start(record.question, record.answer, record.task)], seed_for(cfg.seed, index))[0]
@@ -66,7 +67,6 @@ def bench_flow(recipe: Recipe, questions: int) -> dict:
     ceiling_seconds = time.perf_counter() - start
     ceiling_tokens = sum(len(s[0].token_ids) for s in samples)
 
-    prefill_share = measure_prefill_share(engine, flow, records[0], recipe)
     engine_tps = engine_tokens / engine_seconds
     naive_tps = naive_tokens / naive_seconds
     ceiling_tps = ceiling_tokens / ceiling_seconds
@@ -85,10 +85,9 @@ def bench_flow(recipe: Recipe, questions: int) -> dict:
         "ceiling_batch": batch,
         "ceiling_tokens_per_s": ceiling_tps,
         "ceiling_fraction": engine_tps / ceiling_tps,
-        "prefill_share": prefill_share,
-        # vLLM only: share of prompt tokens its prefix cache served (the KV reuse the HF backend does not do)
-        **({"prefix_cache_share": engine.backend.cached_tokens / max(1, engine.backend.prefill_tokens)}
-           if hasattr(engine.backend, "cached_tokens") else {}),
+        # share of prompt tokens not encoded (HF: shared in a call's prompt trees or kept from an earlier call;
+        # vLLM: served by its prefix cache), over the whole bench
+        "prefix_cache_share": engine.backend.cached_tokens / max(1, engine.backend.prefill_tokens),
         "phase_seconds": {
             "main_chain": main_seconds,
             "rollouts": engine_seconds - main_seconds,
@@ -98,19 +97,23 @@ def bench_flow(recipe: Recipe, questions: int) -> dict:
     }
 
 
-def measure_prefill_share(engine: Engine, flow: Flow, record, recipe: Recipe) -> float:
-    """Share of a chunk's generation time spent encoding its prompt (question + partial answer): the most that
-    carrying the KV cache across chunks could save. Measured as a 1-token generate over a full-chunk generate,
-    on the prompts of a question's last chunk (the longest prefixes)."""
-    trace = flow.run([flow.start(record.question, record.answer, record.task)], 0)[0]
-    prompt = trace.prompt_ids + [t for chunk in trace.chunks[:-1] for t in chunk]
-    prompts = [prompt] * 8
-    timings = {}
-    for tokens in (1, recipe.flow.chunk_size):
-        start = time.perf_counter()
-        engine.backend.generate(prompts, "answer", tokens, recipe.flow.temperature, recipe.flow.top_p, seed=2)
-        timings[tokens] = time.perf_counter() - start
-    return timings[1] / timings[recipe.flow.chunk_size]
+class NoReuse:
+    """A backend that forgets its kept KV before every call: the naive reference re-encodes every prefix."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        self.eos_token_id = inner.eos_token_id
+
+    def generate(self, prompts, adapter, *args, **kwargs):
+        self.inner.reset_cache(adapter)
+        return self.inner.generate(prompts, adapter, *args, **kwargs)
+
+    def yes_probability(self, prompts, adapter, *args, **kwargs):
+        self.inner.reset_cache(adapter)
+        return self.inner.yes_probability(prompts, adapter, *args, **kwargs)
+
+    def reset_cache(self, adapter) -> None:
+        self.inner.reset_cache(adapter)
 
 
 def kept_tokens(main, branches) -> int:

@@ -118,8 +118,13 @@ class Flow:
         """Advance every trace to its end; phases alternate, each one batched backend call.
 
         Decisions come first in a round, so that stop-node rollouts (whose decision is forced, no call) that must
-        go on write their next chunk in the same call as every other trace.
+        go on write their next chunk in the same call as every other trace. A run of new questions (no trace has
+        a chunk yet) starts from an empty KV cache, so that its results never depend on earlier runs; rollouts
+        reuse the KV of their main chains.
         """
+        if not any(t.chunks for t in traces):
+            self.backend.reset_cache(self.answer_adapter)
+            self.backend.reset_cache(self.stop_adapter)
         step = 0
         while True:
             deciding = [t for t in traces if t.pending == "stop"]

@@ -98,8 +98,9 @@ class FlowConfig(Section):
     """Text whose first token is the Stop LLM's Yes."""
     stop_no: str = "No"
     """Text whose first token is the Stop LLM's No."""
-    speculative: bool = True
-    """Sample the rest of the budget in one pass and cut it into chunks (same distribution, no prefix re-encoding)."""
+    speculative: bool = False
+    """Sample the rest of the budget in one pass and cut it into chunks (same distribution, fewer calls; but a Stop
+    yes throws the rest away, and with the backends' KV reuse chunk by chunk is rarely slower)."""
     eos_ends_flow: bool = True
     """An Answer chunk ending in EOS ends the Flow without a Stop decision (the Answer LLM cannot go on)."""
     answer_prompt: PromptTemplate

@@ -170,6 +170,9 @@ class ScriptedBackend:
             probs.append(self.stop[question][partial])
         return probs
 
+    def reset_cache(self, adapter):
+        pass
+
     def adapters_updated(self, names):
         self.updated.append(list(names))
 

@@ -74,6 +74,7 @@ def test_same_seed_same_samples_different_seed_different(tiny_base):
     prompts = [encode(tok, q) for q in QUESTIONS[:2]]
 
     def draw(seed):
+        backend.reset_cache(None)  # a call is a pure function of its inputs from a clean KV store
         out = backend.generate(prompts, None, 16, 1.0, n=3, seed=seed)
         return [(s.token_ids, s.logprobs, s.finished) for row in out for s in row]
 
@@ -186,7 +187,7 @@ def test_greedy_ids_equal_transformers_generate_with_shared_prefixes(tiny_base, 
         # transformers pads a finished row with EOS; the backend stops at the first EOS
         want = [w[: w.index(tok.eos_token_id) + 1] if tok.eos_token_id in w else w for w in want]
         assert got == want, adapter
-    assert backend.encoded_tokens < backend.prompt_tokens  # the shared prefixes were encoded once
+    assert backend.cached_tokens > 0  # the shared prefixes were encoded once
 
 
 def test_per_prompt_budgets_cut_each_sample_and_leave_the_others_unchanged(tiny_base):
@@ -204,3 +205,44 @@ def test_per_prompt_budgets_cut_each_sample_and_leave_the_others_unchanged(tiny_
         backend.generate(prompts, None, [3, 4], 0.0)
     with pytest.raises(ValueError, match="max_new_tokens"):
         backend.generate(prompts, None, 0, 0.0)
+
+
+def test_prompts_extending_earlier_calls_reuse_their_kv_and_give_the_same_results(tiny_base, perturb):
+    model, tok = tiny_base()
+    peft = with_adapters(model, {"answer": LoraSpec(), "stop": LoraSpec()})
+    perturb(peft, "answer", seed=5, scale=0.2)
+    perturb(peft, "stop", seed=6, scale=0.2)
+    kept = HFBackend(peft, tok)
+    fresh = HFBackend(peft, tok, kv_store_tokens=0)
+    prompts = [encode(tok, q) for q in QUESTIONS]
+    first = greedy_ids(kept, prompts, "answer", tokens=6)
+    assert first == greedy_ids(fresh, prompts, "answer", tokens=6)
+    # the next chunk: prompt + the previous chunk, as the Flow asks for it
+    longer = [p + ids for p, ids in zip(prompts, first)]
+    before = kept.cached_tokens
+    assert greedy_ids(kept, longer, "answer", tokens=8) == greedy_ids(fresh, longer, "answer", tokens=8)
+    assert kept.cached_tokens - before >= sum(len(p) - 1 for p in longer) - len(QUESTIONS)
+    # Stop prompts that extend earlier Stop prompts' prefixes
+    yes, no = encode(tok, "Yes")[0], encode(tok, "No")[0]
+    kept.yes_probability(prompts, "stop", yes, no)
+    before = kept.cached_tokens
+    probs = kept.yes_probability(longer, "stop", yes, no)
+    assert kept.cached_tokens - before >= sum(len(p) - 1 for p in prompts)
+    assert probs == pytest.approx(fresh.yes_probability(longer, "stop", yes, no), abs=1e-5)
+
+
+def test_kept_kv_is_dropped_when_the_weights_change(tiny_base, perturb):
+    model, tok = tiny_base()
+    peft = with_adapters(model, {"answer": LoraSpec(), "stop": LoraSpec()})
+    kept = HFBackend(peft, tok)
+    prompts = [encode(tok, q) for q in QUESTIONS]
+    first = greedy_ids(kept, prompts, "answer", tokens=6)
+    perturb(peft, "answer", seed=7, scale=0.5)  # an in-place update, as an optimizer step does
+    longer = [p + ids for p, ids in zip(prompts, first)]
+    before = kept.cached_tokens
+    got = greedy_ids(kept, longer, "answer", tokens=8)
+    assert got == greedy_ids(HFBackend(peft, tok, kv_store_tokens=0), longer, "answer", tokens=8)
+    # nothing came from the store (only prefixes shared inside the call were skipped)
+    assert kept.cached_tokens - before < len(QUESTIONS[0])
+    kept.reset_cache("answer")
+    assert kept.stores["answer"].entries == []

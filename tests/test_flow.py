@@ -46,6 +46,9 @@ class RecordingBackend:
         self.asked += [(list(p), q) for p, q in zip(prompts, probs)]
         return probs
 
+    def reset_cache(self, adapter):
+        self.inner.reset_cache(adapter)
+
     def adapters_updated(self, names):
         self.inner.adapters_updated(names)
 

@@ -34,7 +34,7 @@ class Backend(Protocol):
         seed: int = 0,
     ) -> list[list[Sample]]:
         """`n` continuations of each prompt, each at most `max_new_tokens` long (one budget for all prompts, or
-        one per prompt); deterministic for a given seed and batch."""
+        one per prompt); deterministic for a given seed and batch from a reset cache."""
         ...
 
     def yes_probability(self, prompts: list[list[int]], adapter: str | None, yes_id: int, no_id: int,
@@ -44,6 +44,10 @@ class Backend(Protocol):
 
     def adapters_updated(self, names: list[str]) -> None:
         """Tell the backend that these adapters' weights changed (vLLM reloads them under a new id)."""
+        ...
+
+    def reset_cache(self, adapter: str | None) -> None:
+        """Forget the KV kept from earlier calls with this adapter, so that what follows does not depend on them."""
         ...
 
 

@@ -10,7 +10,12 @@ off the same packed forward. transformers' `generate` cannot start from such a c
 full), which is why decoding is written here: a plain sampling loop (temperature, then transformers'
 `TopPLogitsWarper`) over `DynamicCache` that also drops each sequence from the batch as soon as it ends (EOS or
 its own token budget), where `generate` keeps computing finished rows until the longest one ends.
-Sampling is seeded per call, so a call is a pure function of (weights, prompts, budgets, seed).
+Across calls, the KV of every decoded sequence and every Stop prompt is kept (`kv_store.KVStore`, per adapter,
+dropped when the weights change) so that the next chunk of a partial answer, a rollout from a prefix of its main
+chain, or the next Stop prompt encodes only its new tokens. `reset_cache` forgets it: the Flow calls it when new
+questions start, so a run's results never depend on calls made before them (a resumed run matches one never
+killed). Sampling is seeded per call, so from a reset cache a call is a pure function of (weights, prompts,
+budgets, seed); reused KV equals recomputed KV up to float rounding.
 """
 
 from __future__ import annotations
@@ -22,25 +27,30 @@ import torch
 from transformers import DynamicCache, TopPLogitsWarper
 
 from harness.backends.base import Sample, token_budgets, yes_from_logits
+from harness.backends.kv_store import KVStore, weights_fingerprint
 from harness.backends.prefix_tree import Packing, pack
 
 
 class HFBackend:
-    def __init__(self, model: torch.nn.Module, tokenizer, max_batch: int = 64, row_tokens: int = 512) -> None:
+    def __init__(self, model: torch.nn.Module, tokenizer, max_batch: int = 64, row_tokens: int = 512,
+                 kv_store_tokens: int = 16384) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.max_batch = max_batch
         """Sequences decoded (or Stop prompts read) together."""
         self.row_tokens = row_tokens
         """Tokens per packed prompt-tree row: longer rows share more, but attention grows with its square."""
+        self.stores: dict[str | None, KVStore] = {}
+        """Per adapter, the KV of sequences decoded since the last reset (at most `kv_store_tokens` tokens)."""
+        self.kv_store_tokens = kv_store_tokens
         self.pad_token_id = tokenizer.pad_token_id
         self.eos_token_id = tokenizer.eos_token_id
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
-        self.encoded_tokens = 0
-        """Prompt tokens encoded so far (each shared prefix once)."""
-        self.prompt_tokens = 0
+        self.prefill_tokens = 0
         """Prompt tokens asked for so far (what encoding every prompt in full would cost)."""
+        self.cached_tokens = 0
+        """Of those, tokens not encoded: shared with another prompt of the call, or served by the KV store."""
 
     @contextlib.contextmanager
     def adapter(self, name: str | None) -> Iterator[None]:
@@ -71,10 +81,11 @@ class HFBackend:
     ) -> list[list[Sample]]:
         budgets = token_budgets(max_new_tokens, len(prompts))
         out: list[list[Sample]] = [[] for _ in prompts]
+        store = self._store(adapter)
         with self.adapter(adapter):
             for start, group in self._groups(prompts, max(1, self.max_batch // n)):
                 samples = self._generate([prompts[i] for i in group], [budgets[i] for i in group], temperature,
-                                         top_p, n, seed + start)
+                                         top_p, n, seed + start, store)
                 for i, row in zip(group, samples):
                     out[i] = row
         return out
@@ -83,16 +94,41 @@ class HFBackend:
     def yes_probability(self, prompts: list[list[int]], adapter: str | None, yes_id: int, no_id: int,
                         rule: str = "yes_vs_no") -> list[float]:
         probs = [0.0] * len(prompts)
+        store = self._store(adapter)
         with self.adapter(adapter):
             for _, group in self._groups(prompts, self.max_batch):
-                packing = pack([prompts[i] for i in group], self.row_tokens, self.pad_token_id)
-                hidden = self._encode(packing, cache=None)
+                chosen = [prompts[i] for i in group]
+                packing, cache, hidden = self._encode_with_store(chosen, store)
                 for i, p in zip(group, yes_from_logits(self._head(hidden), yes_id, no_id, rule).tolist()):
                     probs[i] = p
+                # the next round's Stop prompts extend these up to the end of their partial answers
+                for prompt, row, path in zip(chosen, packing.rows, packing.paths) if store.max_tokens else ():
+                    store.add(tuple(prompt), [(layer.keys[row, :, path], layer.values[row, :, path])
+                                              for layer in cache.layers])
         return probs
 
+    def _store(self, adapter: str | None) -> KVStore:
+        """The adapter's KV store, emptied if the weights changed since it was filled."""
+        store = self.stores.setdefault(adapter, KVStore(self.kv_store_tokens))
+        store.check(weights_fingerprint(self.model))
+        return store
+
+    def _encode_with_store(self, prompts: list[list[int]], store: KVStore
+                           ) -> tuple[Packing, DynamicCache, torch.Tensor]:
+        """Encode the prompts after their longest prefixes in the store: the packing, the KV of all its columns
+        (past and new) and the hidden state at each prompt's last token."""
+        packing = pack(prompts, self.row_tokens, self.pad_token_id, store.matches(prompts))
+        past = store.past(packing.past, packing.past_width) if packing.past_width else None
+        cache = DynamicCache(ddp_cache_data=past)
+        return packing, cache, self._encode(packing, cache)
+
     def adapters_updated(self, names: list[str]) -> None:
-        """Nothing to do: the adapters are trained in place on the same model object."""
+        """Nothing to do: the adapters are trained in place on the same model object (and the KV store sees the
+        weights change)."""
+
+    def reset_cache(self, adapter: str | None) -> None:
+        if adapter in self.stores:
+            self.stores[adapter].clear()
 
     @staticmethod
     def _groups(prompts: list[list[int]], size: int) -> Iterator[tuple[int, list[int]]]:
@@ -102,15 +138,16 @@ class HFBackend:
             yield start, order[start : start + size]
 
     def _encode(self, packing: Packing, cache: DynamicCache | None) -> torch.Tensor:
-        """One forward over the packed prompt trees; the hidden state at each prompt's last token [prompts, H]."""
-        self.encoded_tokens += packing.nodes
-        self.prompt_tokens += sum(map(len, packing.paths))
+        """One forward over the packed prompt trees (after the past already in `cache`); the hidden state at each
+        prompt's last token [prompts, H]."""
+        self.prefill_tokens += sum(map(len, packing.paths))
+        self.cached_tokens += sum(map(len, packing.paths)) - packing.nodes
         mask = torch.zeros(packing.mask.shape, dtype=self.dtype).masked_fill(~packing.mask, torch.finfo(self.dtype).min)
         hidden = self.model.get_decoder()(
             input_ids=packing.ids.to(self.device), attention_mask=mask.to(self.device),
             position_ids=packing.positions.to(self.device), past_key_values=cache, use_cache=cache is not None,
         ).last_hidden_state
-        last = torch.tensor([path[-1] for path in packing.paths], device=self.device)
+        last = torch.tensor([path[-1] - packing.past_width for path in packing.paths], device=self.device)
         return hidden[torch.tensor(packing.rows, device=self.device), last]
 
     def _head(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -139,6 +176,15 @@ class HFBackend:
                    layer.values[rows, :, columns].transpose(1, 2).contiguous()) for layer in cache.layers]
         return DynamicCache(ddp_cache_data=layers), mask.to(self.device)
 
+    @staticmethod
+    def _keep(store: KVStore, cache: DynamicCache, row: int, mask: torch.Tensor, tokens: list[int]) -> None:
+        """Store the KV of the sequence in batch row `row` (its fed tokens: prompt + all but the last sampled)."""
+        end = mask.shape[1]
+        start = end - len(tokens)
+        assert int(mask[row, start:].sum()) == len(tokens) and (start == 0 or not mask[row, start - 1])
+        store.add(tuple(tokens), [(layer.keys[row, :, start:end].clone(), layer.values[row, :, start:end].clone())
+                                  for layer in cache.layers])
+
     def _sample(self, logits: torch.Tensor, temperature: float, top_p: float,
                 generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """A token per row and its log-probability under the sampling distribution (greedy: the model's)."""
@@ -154,10 +200,8 @@ class HFBackend:
         return token, logprobs.gather(-1, token[:, None])[:, 0]
 
     def _generate(self, prompts: list[list[int]], budgets: list[int], temperature: float, top_p: float, n: int,
-                  seed: int) -> list[list[Sample]]:
-        packing = pack(prompts, self.row_tokens, self.pad_token_id)
-        tree_cache = DynamicCache()
-        last_hidden = self._encode(packing, tree_cache)
+                  seed: int, store: KVStore) -> list[list[Sample]]:
+        packing, tree_cache, last_hidden = self._encode_with_store(prompts, store)
         copies = [i for i in range(len(prompts)) for _ in range(n)]  # sequence -> its prompt
         cache, mask = self._sequence_cache(packing, tree_cache, prompts, copies)
         del tree_cache
@@ -175,6 +219,8 @@ class HFBackend:
                 logprobs[seq].append(lp)
                 if t != self.eos_token_id and len(tokens[seq]) < budgets[copies[seq]]:
                     keep.append(row)
+                elif store.max_tokens:
+                    self._keep(store, cache, row, mask, prompts[copies[seq]] + tokens[seq][:-1])
             if not keep:
                 break
             if len(keep) < len(active):  # drop the sequences that ended from the batch

@@ -6,10 +6,14 @@ prompts repeat the question and every partial answer once per chunk boundary. He
 trie of several prompts. A 4D attention mask lets a token see only its ancestors and its position id is its depth,
 so the last token of every prompt computes exactly what it would compute alone (up to float rounding), while
 the row costs only its distinct tokens.
+
+A prompt may also start with tokens whose KV is already cached (`cached`): a row then holds only prompts with the
+same cached prefix, that prefix's KV is the row's past (columns 0..m-1), and the row's nodes see all of it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from dataclasses import dataclass
 
 import torch
@@ -18,46 +22,67 @@ import torch
 @dataclass
 class Packing:
     ids: torch.Tensor
-    """[rows, width] token ids (padding after each row's nodes)."""
+    """[rows, width] token ids of the nodes to encode (padding after each row's nodes)."""
     positions: torch.Tensor
-    """[rows, width] each node's depth in its prompt (0 = first token)."""
+    """[rows, width] each node's position in its prompt (0 = first token)."""
     mask: torch.Tensor
-    """[rows, 1, width, width] True where a node may attend: itself and its ancestors (padding: itself only)."""
+    """[rows, 1, width, past + width] True where a node may attend: the row's past, its ancestors and itself."""
     rows: list[int]
     """Row holding each prompt, in the caller's order."""
     paths: list[list[int]]
-    """Column of each of a prompt's tokens in its row, first token first."""
+    """Key column of each of a prompt's tokens (past columns first, then `past + node column`), in order."""
+    past: list[tuple[Hashable, int] | None]
+    """Per row: the cached prefix (key, length) whose KV fills the row's past columns, or None."""
+    past_width: int
+    """Past columns (the longest cached prefix); 0 when nothing is cached."""
     nodes: int
     """Tokens actually encoded (each shared one once)."""
 
 
-def pack(prompts: list[list[int]], row_tokens: int, pad_id: int) -> Packing:
+@dataclass
+class _Row:
+    tokens: list[int]
+    parents: list[int]
+    """The parent column of each node (-1 for a root)."""
+    past: tuple[Hashable, int] | None
+
+
+def pack(prompts: list[list[int]], row_tokens: int, pad_id: int,
+         cached: list[tuple[Hashable, int] | None] | None = None) -> Packing:
     """Pack prompts into trie rows of at most `row_tokens` nodes (a longer prompt gets a row of its own).
 
+    `cached[i] = (key, m)`: the first m tokens of prompt i are cached under `key` and are not encoded again
+    (m < len(prompt): the last token is always encoded, its hidden state is what the caller reads).
     Prompts are inserted in sorted order so that the ones sharing a prefix land in the same row.
     """
-    if any(not p for p in prompts):
-        raise ValueError("cannot pack an empty prompt")
+    cached = cached or [None] * len(prompts)
+    for prompt, hit in zip(prompts, cached):
+        if hit is not None and not 0 < hit[1] < len(prompt):
+            raise ValueError(f"a cached prefix must leave at least one token to encode, got {hit[1]} of "
+                             f"{len(prompt)}")
+        if not prompt:
+            raise ValueError("cannot pack an empty prompt")
+    rows: list[_Row] = []
     tries: list[dict] = []  # per row: nested {token: (column, children)}
-    parents: list[list[int]] = []  # per row: the parent column of each node (-1 for a root)
-    tokens: list[list[int]] = []
-    rows, paths = [0] * len(prompts), [[] for _ in prompts]
-    for index in sorted(range(len(prompts)), key=lambda i: prompts[i]):
-        prompt = prompts[index]
-        if not tries or len(parents[-1]) + _new_nodes(tries[-1], prompt) > max(row_tokens, len(prompt)):
+    where, columns = [0] * len(prompts), [[] for _ in prompts]
+    order = sorted(range(len(prompts)), key=lambda i: (cached[i] is not None, str(cached[i]), prompts[i]))
+    for index in order:
+        skip = cached[index][1] if cached[index] else 0
+        suffix = prompts[index][skip:]
+        if (not rows or rows[-1].past != cached[index]
+                or len(rows[-1].parents) + _new_nodes(tries[-1], suffix) > max(row_tokens, len(suffix))):
+            rows.append(_Row([], [], cached[index]))
             tries.append({})
-            parents.append([])
-            tokens.append([])
-        level, parent, path = tries[-1], -1, []
-        for token in prompt:
+        row, level, parent = rows[-1], tries[-1], -1
+        for token in suffix:
             if token not in level:
-                level[token] = (len(parents[-1]), {})
-                parents[-1].append(parent)
-                tokens[-1].append(token)
+                level[token] = (len(row.parents), {})
+                row.parents.append(parent)
+                row.tokens.append(token)
             parent, level = level[token]
-            path.append(parent)
-        rows[index], paths[index] = len(tries) - 1, path
-    return _tensors(tokens, parents, rows, paths, pad_id)
+            columns[index].append(parent)
+        where[index] = len(rows) - 1
+    return _tensors(rows, where, columns, pad_id)
 
 
 def _new_nodes(trie: dict, prompt: list[int]) -> int:
@@ -70,16 +95,23 @@ def _new_nodes(trie: dict, prompt: list[int]) -> int:
     return 0
 
 
-def _tensors(tokens: list[list[int]], parents: list[list[int]], rows: list[int], paths: list[list[int]],
-             pad_id: int) -> Packing:
-    width = max(len(p) for p in parents)
-    ids = torch.full((len(parents), width), pad_id, dtype=torch.long)
-    positions = torch.zeros((len(parents), width), dtype=torch.long)
-    mask = torch.eye(width, dtype=torch.bool).repeat(len(parents), 1, 1)
-    for row, row_parents in enumerate(parents):
-        ids[row, : len(row_parents)] = torch.tensor(tokens[row])
-        for column, parent in enumerate(row_parents):  # parents come before their children
+def _tensors(rows: list[_Row], where: list[int], columns: list[list[int]], pad_id: int) -> Packing:
+    width = max(len(r.parents) for r in rows)
+    past_width = max((r.past[1] for r in rows if r.past), default=0)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    positions = torch.zeros((len(rows), width), dtype=torch.long)
+    own = torch.eye(width, dtype=torch.bool).repeat(len(rows), 1, 1)  # node -> the row's nodes it sees
+    sees_past = torch.zeros((len(rows), width, past_width), dtype=torch.bool)
+    for r, row in enumerate(rows):
+        skip = row.past[1] if row.past else 0
+        ids[r, : len(row.tokens)] = torch.tensor(row.tokens)
+        sees_past[r, : len(row.tokens), :skip] = True
+        for column, parent in enumerate(row.parents):  # parents come before their children
+            positions[r, column] = positions[r, parent] + 1 if parent >= 0 else skip
             if parent >= 0:
-                mask[row, column] |= mask[row, parent]
-                positions[row, column] = positions[row, parent] + 1
-    return Packing(ids, positions, mask.unsqueeze(1), rows, paths, sum(map(len, parents)))
+                own[r, column] |= own[r, parent]
+    paths = [list(range(rows[r].past[1] if rows[r].past else 0)) + [past_width + c for c in cols]
+             for r, cols in zip(where, columns)]
+    mask = torch.cat([sees_past, own], dim=-1).unsqueeze(1)
+    return Packing(ids, positions, mask, where, paths, [r.past for r in rows], past_width,
+                   sum(len(r.parents) for r in rows))

@@ -231,6 +231,10 @@ class VLLMBackend:
             engine.llm_engine.engine_core.shutdown()
             self.llm = None
 
+    def reset_cache(self, adapter: str | None) -> None:
+        """Nothing to do: vLLM's prefix cache is keyed by tokens and LoRA id, so it never serves stale KV (and vLLM
+        does not promise batch-invariant numerics that a reset would protect)."""
+
     def adapters_updated(self, names: list[str]) -> None:
         """Re-save these adapters from the peft model and serve them under new LoRA ids."""
         for name in names:
