@@ -97,7 +97,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from harness.bench import bench_flow
 
-    result = bench_flow(load_recipe(args.recipe, args.overrides), args.questions)
+    recipe = load_recipe(args.recipe, args.overrides)
+    result = bench_flow(recipe, args.questions or recipe.online.question_batch)
     if args.json:
         print(json.dumps(result))
     else:
@@ -148,7 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench_sub = bench.add_subparsers(dest="bench", required=True)
     flow = bench_sub.add_parser("flow", help="batched Flow engine vs naive generation vs plain batched generate")
     flow.add_argument("--recipe", required=True)
-    flow.add_argument("--questions", type=int, default=8)
+    flow.add_argument("--questions", type=int, default=None,
+                      help="questions to run (default: one generation group, online.question_batch)")
     flow.add_argument("--json", action="store_true", help="print one JSON object")
     flow.add_argument("overrides", nargs="*", help="key.sub=value")
     flow.set_defaults(func=cmd_bench)

@@ -32,7 +32,7 @@ from harness.backends.prefix_tree import Packing, pack
 
 
 class HFBackend:
-    def __init__(self, model: torch.nn.Module, tokenizer, max_batch: int = 64, row_tokens: int = 512,
+    def __init__(self, model: torch.nn.Module, tokenizer, max_batch: int = 64, row_tokens: int = 256,
                  kv_store_tokens: int = 16384) -> None:
         self.model = model
         self.tokenizer = tokenizer
