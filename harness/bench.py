@@ -30,6 +30,7 @@ def bench_flow(recipe: Recipe, questions: int) -> dict:
     engine.single_pass(records[:1], 0.0, 0)  # warm-up: first-call allocations are not the engine's cost
 
     flow = Flow(engine.backend, engine.prompter, recipe.flow)
+    prefill, cached = engine.backend.prefill_tokens, engine.backend.cached_tokens
     start = time.perf_counter()
     main_seconds, batch_sizes, engine_tokens = 0.0, [], 0
     for first in range(0, len(records), cfg.question_batch):
@@ -43,6 +44,7 @@ def bench_flow(recipe: Recipe, questions: int) -> dict:
         engine_tokens += sum(kept_tokens(m, b) for m, b in zip(mains, branches))
     engine_seconds = time.perf_counter() - start
     engine_stats = flow.stats
+    prefill, cached = engine.backend.prefill_tokens - prefill, engine.backend.cached_tokens - cached
 
     # The naive reference writes chunk by chunk (re-encoding the prefix every chunk), one sequence at a time.
     naive_tokens = 0
@@ -61,6 +63,7 @@ def bench_flow(recipe: Recipe, questions: int) -> dict:
     prompts = [engine.prompter.answer_prompt(r.question) for r in records][:batch]
     prompts += prompts * (batch // max(1, len(prompts)))
     prompts = prompts[:batch]
+    engine.backend.reset_cache("answer")  # plain generation: no KV kept from the engine's calls
     start = time.perf_counter()
     samples = engine.backend.generate(prompts, "answer", recipe.flow.chunk_size * recipe.flow.max_chunks,
                                       recipe.flow.temperature, recipe.flow.top_p, seed=1)
@@ -85,9 +88,9 @@ def bench_flow(recipe: Recipe, questions: int) -> dict:
         "ceiling_batch": batch,
         "ceiling_tokens_per_s": ceiling_tps,
         "ceiling_fraction": engine_tps / ceiling_tps,
-        # share of prompt tokens not encoded (HF: shared in a call's prompt trees or kept from an earlier call;
-        # vLLM: served by its prefix cache), over the whole bench
-        "prefix_cache_share": engine.backend.cached_tokens / max(1, engine.backend.prefill_tokens),
+        # the engine's prompt tokens not encoded (HF: shared in a call's prompt trees or kept from an earlier
+        # call; vLLM: served by its prefix cache)
+        "prefix_cache_share": cached / max(1, prefill),
         "phase_seconds": {
             "main_chain": main_seconds,
             "rollouts": engine_seconds - main_seconds,

@@ -146,3 +146,20 @@ def test_online_stage_runs_on_vllm(tmp_path):
     lines = [json.loads(x) for x in (run_dir / "online/progress.jsonl").read_text().splitlines()]
     assert len(lines) == 6
     assert sum(len(v) for line in lines for v in line["updates"].values()) >= 1
+
+
+def test_per_prompt_budgets_match_hf(setup):
+    hf, vllm, prompts = setup["hf"], setup["vllm"], setup["prompts"]
+    budgets = [1, 3, 5, 7]
+    assert ids(vllm.generate(prompts, None, budgets, 0.0)) == ids(hf.generate(prompts, None, budgets, 0.0))
+
+
+def test_prefix_cache_serves_a_prompt_that_extends_an_earlier_one(setup):
+    vllm, tok = setup["vllm"], setup["tok"]
+    prompt = tok.encode("Question: " + "Ann has 3 apples and 4 pears. " * 4 + "How many fruits?")
+    assert len(prompt) > 96
+    first = vllm.generate([prompt], "answer", 4, 0.0)[0][0].token_ids
+    before = vllm.cached_tokens
+    vllm.generate([prompt + first], "answer", 4, 0.0)
+    # whole 32-token blocks of the earlier prompt are served from the cache (the CPU default block is 128)
+    assert vllm.cached_tokens - before >= 64

@@ -101,6 +101,12 @@ class VLLMBackend:
             "enable_prefix_caching": True,
             "logprobs_mode": "processed_logprobs",
         }
+        from vllm.platforms import current_platform
+
+        if current_platform.is_cpu():
+            # The CPU backend's default KV block is 128 tokens and the prefix cache shares whole blocks only, so
+            # a Flow's prompts (a question and a few chunks) would share nothing; its kernels prefer multiples of 32.
+            kwargs["block_size"] = 32
         if self.names:
             # vLLM refuses adapters above max_lora_rank: raise it to fit the peft configs' ranks.
             ranks = [max_lora_rank]

@@ -1,0 +1,55 @@
+"""`harness bench flow`: its figures are consistent with each other and with the work it did."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from harness.bench import NoReuse, bench_flow
+
+
+def test_bench_flow_figures_are_consistent(tiny_recipe, warm_tiny):
+    recipe = tiny_recipe("model.tiny.warmup_steps=300", "online.question_batch=4", "online.checkpoint_every=4")
+    out = bench_flow(recipe, questions=4)
+    assert out["questions"] == 4
+    assert 0 < out["engine_tokens"] <= out["engine_tokens_drawn"]
+    assert out["naive_tokens"] > 0
+    for kind in ("engine", "naive"):
+        assert out[f"{kind}_tokens_per_s"] == pytest.approx(out[f"{kind}_tokens"] / out[f"{kind}_seconds"])
+    assert out["speedup"] == pytest.approx(out["engine_tokens_per_s"] / out["naive_tokens_per_s"])
+    assert out["ceiling_fraction"] == pytest.approx(out["engine_tokens_per_s"] / out["ceiling_tokens_per_s"])
+    assert out["ceiling_batch"] == round(out["mean_rollout_batch"]) > 1
+    phases = out["phase_seconds"]
+    assert phases["main_chain"] + phases["rollouts"] == pytest.approx(out["engine_seconds"])
+    assert phases["answer_generation"] + phases["stop_decisions"] <= out["engine_seconds"]
+    # rollouts continue their main chains and Stop prompts extend earlier ones: most prompt tokens are reused
+    assert 0.3 < out["prefix_cache_share"] < 1
+
+
+def test_naive_reference_reencodes_every_prefix(tiny_base):
+    from harness.backends.hf import HFBackend
+
+    model, tok = tiny_base()
+    inner = HFBackend(model, tok)
+    naive = NoReuse(inner)
+    prompt = tok.encode("What is 1+2?", add_special_tokens=False)
+    first = naive.generate([prompt], None, 5, 0.0)[0][0].token_ids
+    naive.generate([prompt + first], None, 5, 0.0)
+    naive.yes_probability([prompt], None, 5, 6)
+    naive.yes_probability([prompt + first], None, 5, 6)
+    assert inner.cached_tokens == 0
+    inner.generate([prompt + first + [7]], None, 3, 0.0)  # without the wrapper the kept KV is used
+    assert inner.cached_tokens > 0
+
+
+def test_bench_cli_prints_one_json_object(warm_tiny, env_for_subprocess):
+    res = subprocess.run([sys.executable, "-m", "harness.cli", "bench", "flow", "--recipe", "tiny", "--json",
+                          "--questions", "2", "model.tiny.warmup_steps=300", "online.question_batch=2",
+                          "online.checkpoint_every=2"],
+                         capture_output=True, text=True, timeout=600, env=env_for_subprocess)
+    assert res.returncode == 0, res.stderr[-2000:]
+    out = json.loads(res.stdout)
+    assert out["questions"] == 2 and out["speedup"] > 0
