@@ -34,9 +34,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, model_validator
 
-from harness.recipe import format_errors, read_yaml_mapping
+from harness.recipe import read_yaml_mapping, validate_named
 
 PAPERS_DIR = Path(__file__).resolve().parent.parent / "results" / "papers"
 
@@ -248,14 +248,7 @@ def load_paper_file(path: Path) -> Paper:
 
 @lru_cache(maxsize=16)
 def _load(path: Path) -> Paper:
-    data = read_yaml_mapping(path, PaperError)
-    try:
-        paper = Paper.model_validate(data)
-    except ValidationError as err:
-        raise PaperError(f"{path}: invalid paper file:\n{format_errors(err)}") from None
-    if paper.paper != path.stem:
-        raise PaperError(f"{path}: paper: {paper.paper!r} must equal the file name {path.stem!r}")
-    return paper
+    return validate_named(Paper, read_yaml_mapping(path, PaperError), path, "paper", PaperError)
 
 
 def paper_number(

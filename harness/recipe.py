@@ -377,13 +377,18 @@ def load_recipe(name_or_path: str, overrides: list[str] = ()) -> Recipe:
     for text in overrides:
         keys, value = parse_override(text)
         apply_override(data, keys, value, str(path))
+    return validate_named(Recipe, data, path, "name", RecipeError)
+
+
+def validate_named(model: type[BaseModel], data: dict, path: Path, key: str, error: type[Exception]) -> Any:
+    """`data` validated as `model`, whose field `key` must equal the file name; errors name the file and field."""
     try:
-        recipe = Recipe.model_validate(data)
+        obj = model.model_validate(data)
     except ValidationError as err:
-        raise RecipeError(f"{path}: invalid recipe:\n{format_errors(err)}") from None
-    if recipe.name != path.stem:
-        raise RecipeError(f"{path}: name: {recipe.name!r} must equal the file name {path.stem!r}")
-    return recipe
+        raise error(f"{path}: invalid {model.__name__.lower()} file:\n{format_errors(err)}") from None
+    if getattr(obj, key) != path.stem:
+        raise error(f"{path}: {key}: {getattr(obj, key)!r} must equal the file name {path.stem!r}")
+    return obj
 
 
 def read_yaml_mapping(path: Path, error: type[Exception]) -> dict:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import harness
-from harness.grading import Grade, extract_answer, gold_answer, grade, grade_file, is_equivalent
+from harness.grading import Grade, _match_braces, extract_answer, gold_answer, grade, grade_file, is_equivalent
 
 _PKG_DIR = (
     Path(harness.__file__).parent
@@ -64,17 +64,10 @@ def _math_wrong_answer(answer: str) -> str:
 
 
 def _replace_last_boxed(solution: str, new: str) -> str:
-    start = solution.rindex("\\boxed")
-    open_ = solution.index("{", start)
-    depth = 0
-    for k in range(open_, len(solution)):
-        if solution[k] == "{":
-            depth += 1
-        elif solution[k] == "}":
-            depth -= 1
-            if depth == 0:
-                return solution[: open_ + 1] + new + solution[k:]
-    raise AssertionError("unbalanced \\boxed in gold solution")
+    open_ = solution.index("{", solution.rindex("\\boxed"))
+    end = _match_braces(solution, open_)
+    assert end is not None, "unbalanced \\boxed in gold solution"
+    return solution[: open_ + 1] + new + solution[end - 1 :]
 
 
 # --------------------------------------------------------------------------------------------------

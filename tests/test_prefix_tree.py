@@ -64,3 +64,27 @@ def test_packed_forward_equals_each_prompt_alone(tiny_base):
         for prompt, row, path in zip(prompts, packing.rows, packing.paths):
             alone = model(input_ids=torch.tensor([prompt])).logits[0, -1]
             torch.testing.assert_close(logits[row, path[-1]], alone, atol=1e-5, rtol=1e-5)
+
+
+def test_cached_prefixes_are_a_rows_past_and_only_suffixes_are_encoded():
+    prompts = [[5, 6, 7, 8], [5, 6, 7, 9], [5, 6, 1], [4, 6]]
+    cached = [(0, 3), (0, 3), (1, 2), None]
+    packing = pack(prompts, row_tokens=64, pad_id=0, cached=cached)
+    assert packing.past_width == 3
+    assert packing.nodes == 2 + 1 + 2  # 8 and 9 after entry 0; 1 after entry 1; 4 6 uncached
+    assert packing.past == [None, (0, 3), (1, 2)]  # rows sorted: uncached first, then by cache key
+    for prompt, hit, row, path in zip(prompts, cached, packing.rows, packing.paths):
+        skip = hit[1] if hit else 0
+        assert packing.past[row] == hit
+        assert path[:skip] == list(range(skip))  # the cached tokens are the row's first past columns
+        new = [c - packing.past_width for c in path[skip:]]
+        assert packing.ids[row, new].tolist() == prompt[skip:]
+        assert packing.positions[row, new].tolist() == list(range(skip, len(prompt)))
+        # the last token sees exactly its own cached prefix and its own new tokens
+        seen = packing.mask[row, 0, new[-1]].nonzero()[:, 0].tolist()
+        assert seen == path
+
+
+def test_a_cached_prefix_must_leave_a_token_to_encode():
+    with pytest.raises(ValueError, match="at least one token"):
+        pack([[1, 2]], row_tokens=8, pad_id=0, cached=[(0, 2)])

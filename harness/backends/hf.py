@@ -177,11 +177,11 @@ class HFBackend:
         return DynamicCache(ddp_cache_data=layers), mask.to(self.device)
 
     @staticmethod
-    def _keep(store: KVStore, cache: DynamicCache, row: int, mask: torch.Tensor, tokens: list[int]) -> None:
-        """Store the KV of the sequence in batch row `row` (its fed tokens: prompt + all but the last sampled)."""
-        end = mask.shape[1]
+    def _keep(store: KVStore, cache: DynamicCache, row: int, tokens: list[int]) -> None:
+        """Store the KV of the sequence in batch row `row` (its fed tokens: prompt + all but the last sampled,
+        right-aligned in the left-padded cache)."""
+        end = cache.get_seq_length()
         start = end - len(tokens)
-        assert int(mask[row, start:].sum()) == len(tokens) and (start == 0 or not mask[row, start - 1])
         store.add(tuple(tokens), [(layer.keys[row, :, start:end].clone(), layer.values[row, :, start:end].clone())
                                   for layer in cache.layers])
 
@@ -220,7 +220,7 @@ class HFBackend:
                 if t != self.eos_token_id and len(tokens[seq]) < budgets[copies[seq]]:
                     keep.append(row)
                 elif store.max_tokens:
-                    self._keep(store, cache, row, mask, prompts[copies[seq]] + tokens[seq][:-1])
+                    self._keep(store, cache, row, prompts[copies[seq]] + tokens[seq][:-1])
             if not keep:
                 break
             if len(keep) < len(active):  # drop the sequences that ended from the batch

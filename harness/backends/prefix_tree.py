@@ -13,7 +13,6 @@ same cached prefix, that prefix's KV is the row's past (columns 0..m-1), and the
 
 from __future__ import annotations
 
-from collections.abc import Hashable
 from dataclasses import dataclass
 
 import torch
@@ -31,7 +30,7 @@ class Packing:
     """Row holding each prompt, in the caller's order."""
     paths: list[list[int]]
     """Key column of each of a prompt's tokens (past columns first, then `past + node column`), in order."""
-    past: list[tuple[Hashable, int] | None]
+    past: list[tuple[int, int] | None]
     """Per row: the cached prefix (key, length) whose KV fills the row's past columns, or None."""
     past_width: int
     """Past columns (the longest cached prefix); 0 when nothing is cached."""
@@ -44,15 +43,15 @@ class _Row:
     tokens: list[int]
     parents: list[int]
     """The parent column of each node (-1 for a root)."""
-    past: tuple[Hashable, int] | None
+    past: tuple[int, int] | None
 
 
 def pack(prompts: list[list[int]], row_tokens: int, pad_id: int,
-         cached: list[tuple[Hashable, int] | None] | None = None) -> Packing:
+         cached: list[tuple[int, int] | None] | None = None) -> Packing:
     """Pack prompts into trie rows of at most `row_tokens` nodes (a longer prompt gets a row of its own).
 
-    `cached[i] = (key, m)`: the first m tokens of prompt i are cached under `key` and are not encoded again
-    (m < len(prompt): the last token is always encoded, its hidden state is what the caller reads).
+    `cached[i] = (key, m)`: the first m tokens of prompt i are cached under the integer `key` and are not encoded
+    again (m < len(prompt): the last token is always encoded, its hidden state is what the caller reads).
     Prompts are inserted in sorted order so that the ones sharing a prefix land in the same row.
     """
     cached = cached or [None] * len(prompts)
@@ -65,7 +64,7 @@ def pack(prompts: list[list[int]], row_tokens: int, pad_id: int,
     rows: list[_Row] = []
     tries: list[dict] = []  # per row: nested {token: (column, children)}
     where, columns = [0] * len(prompts), [[] for _ in prompts]
-    order = sorted(range(len(prompts)), key=lambda i: (cached[i] is not None, str(cached[i]), prompts[i]))
+    order = sorted(range(len(prompts)), key=lambda i: (cached[i] or (-1, 0), prompts[i]))
     for index in order:
         skip = cached[index][1] if cached[index] else 0
         suffix = prompts[index][skip:]
