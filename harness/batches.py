@@ -7,12 +7,13 @@ batches and recomputes the rest. Each batch's seed depends only on its number, s
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
 from tqdm.auto import tqdm
+
+from harness.rundir import write_jsonl
 
 T = TypeVar("T")
 
@@ -38,10 +39,7 @@ def run_batches(path: Path, items: Sequence[T], batch_size: int,
                 work: Callable[[int, Sequence[T]], list[dict]]) -> list[dict]:
     """Call `work(batch_number, batch_items)` for every batch not yet in `path`; return all lines in order."""
     lines = whole_batches(path)
-    tmp = path.with_name(path.name + ".tmp")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp.write_text("".join(json.dumps(line) + "\n" for line in lines))
-    os.replace(tmp, path)
+    write_jsonl(path, lines)
     done = {line["batch"] for line in lines}
     batches = range(0, len(items), batch_size)
     with path.open("a") as fh, tqdm(total=len(batches), initial=len(done), desc=path.stem, unit="batch",

@@ -43,7 +43,8 @@ class Pair:
 
 
 class NonFiniteLoss(RuntimeError):
-    """A NaN or infinite DPO loss: training stops and the last good checkpoint is kept."""
+    """A NaN or infinite DPO loss: training stops and the last good checkpoint is kept. Resuming replays the same
+    seeded steps, so going past it needs a changed recipe in a new run folder."""
 
 
 def completion_logps(model: torch.nn.Module, prompts: list[list[int]], completions: list[list[int]],
@@ -60,9 +61,12 @@ def completion_logps(model: torch.nn.Module, prompts: list[list[int]], completio
         mask[row, : len(s)] = 1
         target[row, len(p) : len(s)] = True
     ids, mask, target = ids.to(device), mask.to(device), target.to(device)
-    logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
-    token_logps = torch.log_softmax(logits, -1).gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
-    return (token_logps * target[:, 1:]).sum(-1)
+    # Only positions from the shortest prompt's last token on predict completion tokens: the vocabulary head and
+    # the fp32 log-softmax run on those alone (a Stop pair's completion is one token after a long prompt).
+    first = min(len(p) for p in prompts)
+    logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=width - first + 1).logits[:, :-1].float()
+    token_logps = torch.log_softmax(logits, -1).gather(-1, ids[:, first:].unsqueeze(-1)).squeeze(-1)
+    return (token_logps * target[:, first:]).sum(-1)
 
 
 def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor,
@@ -154,16 +158,22 @@ class DPOLearner:
 
     @contextlib.contextmanager
     def reference(self) -> Iterator[None]:
-        """The reference policy for the block: adapters disabled, or the snapshot adapter active."""
-        if self.ref_name is None:
-            with self.model.disable_adapter():
-                yield
-            return
-        self.model.set_adapter(self.ref_name)
+        """The reference policy for the block, in eval mode (no LoRA dropout: the reference must be fixed):
+        adapters disabled, or the snapshot adapter active."""
+        training = self.model.training
+        self.model.eval()
         try:
-            yield
+            if self.ref_name is None:
+                with self.model.disable_adapter():
+                    yield
+                return
+            self.model.set_adapter(self.ref_name)
+            try:
+                yield
+            finally:
+                self.model.set_adapter(self.agent)  # also makes this agent's parameters trainable again
         finally:
-            self.model.set_adapter(self.agent)  # also makes this agent's parameters trainable again
+            self.model.train(training)
 
     def state_dict(self) -> dict:
         state = {"optimizer": self.optimizer.state_dict(), "queue": [p.to_dict() for p in self.queue],

@@ -29,12 +29,20 @@ class RunError(RuntimeError):
     """A run that cannot go on as asked: locked folder, another recipe, a missing earlier stage, a silent adapter."""
 
 
-def write_json(path: Path, data: Any) -> None:
+def write_atomic(path: Path, text: str) -> None:
     """Atomic write: a reader (or a resumed run) never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def write_json(path: Path, data: Any) -> None:
+    write_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def write_jsonl(path: Path, lines: list[dict]) -> None:
+    write_atomic(path, "".join(json.dumps(line) + "\n" for line in lines))
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -113,7 +121,7 @@ class RunDir:
                 raise RunError(f"{self.path} holds a run of another recipe (hash {old.hash()} != {recipe.hash()});"
                                " choose a new --run-dir")
             return
-        recipe_file.write_text(recipe.to_yaml())
+        # provenance first, the recipe last and atomically: a folder with a recipe.yaml is complete
         write_json(self.path / "provenance.json", {
             "recipe": recipe.name,
             "recipe_hash": recipe.hash(),
@@ -125,6 +133,7 @@ class RunDir:
             "argv": argv if argv is not None else sys.argv,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         })
+        write_atomic(recipe_file, recipe.to_yaml())
 
     def is_done(self, stage: str) -> bool:
         return (self.path / stage / "done.json").is_file()

@@ -242,7 +242,7 @@ def test_kept_kv_is_dropped_when_the_weights_change(tiny_base, perturb):
     before = kept.cached_tokens
     got = greedy_ids(kept, longer, "answer", tokens=8)
     assert got == greedy_ids(HFBackend(peft, tok, kv_store_tokens=0), longer, "answer", tokens=8)
-    # nothing came from the store (only prefixes shared inside the call were skipped)
-    assert kept.cached_tokens - before < len(QUESTIONS[0])
+    # nothing came from the store (and these prompts share no prefix inside the call)
+    assert kept.cached_tokens - before == 0
     kept.reset_cache("answer")
     assert kept.stores["answer"].entries == []

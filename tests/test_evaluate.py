@@ -296,7 +296,7 @@ def test_equivalence_is_symbolic() -> None:
     assert task_utils.is_equiv("\\frac{1}{2}", "0.5")
     assert task_utils.is_equiv("\\frac{2}{3}", "2/3")
     assert task_utils.is_equiv("x^2+2x", "x(x+2)")
-    assert task_utils.is_equiv("[2,5)", "[2,5)")
+    assert not task_utils.is_equiv("[2,5)", "[2,5]")
     assert not task_utils.is_equiv("3", "4")
     assert not task_utils.is_equiv(task_utils.INVALID_ANSWER, "3")
     assert task_utils.get_unnormalized_answer(minerva("\\frac{2}{3}")) == "$\\frac{2}{3}$"

@@ -154,6 +154,7 @@ def test_stop_always_yes_gives_one_chunk(tiny_recipe, tiny_peft, perturb):
         else:
             assert (t.end, t.decisions) == ("stop", [True])
             assert len(t.chunks[0]) == 6
+    assert any(t.end == "stop" for t in traces), "settings must make Stop end some traces"
     assert len(backend.asked) == sum(t.end == "stop" for t in traces)
 
 

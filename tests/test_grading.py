@@ -88,7 +88,6 @@ def test_gsm8k_wrong_answers_rejected(gsm8k_rows: list[dict]) -> None:
         if grade(_gsm8k_wrong(r["answer"]), r["answer"], "gsm8k").correct
     ]
     print(f"GSM8K false positives: {len(false_pos)}/1319")
-    assert len(false_pos) <= 0.01 * len(gsm8k_rows), false_pos
     assert false_pos == []  # measured: 0/1319
 
 
@@ -99,7 +98,6 @@ def test_math500_gold_solutions_grade_correct(math500_rows: list[dict]) -> None:
         if not g.correct:
             misses.append((r["unique_id"], r["answer"], g.extracted))
     print(f"MATH-500 correct: {500 - len(misses)}/500; misses: {misses}")
-    assert 500 - len(misses) >= 495, misses
     assert misses == []  # measured: 500/500
 
 
@@ -115,7 +113,6 @@ def test_math500_wrong_answers_rejected(math500_rows: list[dict]) -> None:
             false_pos.append((r["unique_id"], r["answer"], wrong))
     per_item = (time.perf_counter() - start) / len(math500_rows)
     print(f"MATH-500 false positives: {len(false_pos)}/500 ({per_item * 1000:.1f} ms/item)")
-    assert len(false_pos) <= 0.01 * len(math500_rows), false_pos
     assert false_pos == []  # measured: 0/500
     # Nearly every row goes through math-verify here; it must stay cheap on CPU.
     assert per_item < 0.1

@@ -18,7 +18,7 @@ from harness.data import load_source
 from harness.engine import Engine
 from harness.flow import Flow
 from harness.recipe import Recipe, SFTConfig
-from harness.rundir import RunDir, RunError, read_jsonl, write_json
+from harness.rundir import RunDir, RunError, read_jsonl, write_json, write_jsonl
 from harness.seeds import seed_for
 from harness.stages.online import load_trained_adapters
 
@@ -89,12 +89,6 @@ def set_stats(examples: list[dict], prompts: int) -> dict:
         "mean_tokens": sum(len(e["completion_ids"]) for e in examples) / n if n else 0.0,
         "mean_chunks": sum(e.get("chunks", 1) for e in examples) / n if n else 0.0,
     }
-
-
-def write_jsonl(path: Path, lines: list[dict]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(line) + "\n" for line in lines))
-    tmp.replace(path)
 
 
 def sft(engine: Engine, examples: list[dict], cfg: SFTConfig, out: Path) -> dict:

@@ -13,7 +13,6 @@ lines after it exactly and ends with the same log and adapter weights as a run n
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from pathlib import Path
@@ -28,7 +27,7 @@ from harness.flow_rollout import make_pairs, new_tokens, rollouts_many, stop_cal
 from harness.learner import DPOLearner, NonFiniteLoss
 from harness.models import adapter_state, load_adapter_state
 from harness.recipe import Recipe
-from harness.rundir import RunDir, RunError, read_jsonl, write_json
+from harness.rundir import RunDir, RunError, read_jsonl, write_atomic, write_json
 from harness.seeds import seed_for
 
 STAGE = "online"
@@ -55,9 +54,7 @@ def run_online(recipe: Recipe, run: RunDir, engine: Engine) -> dict:
     kept = progress.read_text().splitlines()[:start] if progress.is_file() else []
     if len(kept) < start:
         raise RunError(f"{progress} has {len(kept)} lines but the checkpoint is at question {start}")
-    tmp = progress.with_name(progress.name + ".tmp")
-    tmp.write_text("".join(raw + "\n" for raw in kept))
-    os.replace(tmp, progress)
+    write_atomic(progress, "".join(raw + "\n" for raw in kept))
 
     bar = tqdm(total=len(stream), initial=start, desc="online", unit="question", disable=None)
     for first in range(start, len(stream), cfg.question_batch):
@@ -138,8 +135,9 @@ def learn(learners: dict[str, DPOLearner], pairs: list, seed: int, where: str, f
             try:
                 updates.setdefault(agent, []).append(learner.step(seed_for(seed, agent, learner.steps)))
             except NonFiniteLoss as err:
-                raise NonFiniteLoss(f"{err}; {where}; the last good checkpoint in {folder / 'checkpoint'} is kept"
-                                    ) from None
+                raise NonFiniteLoss(f"{err}; {where}; the last good checkpoint in {folder / 'checkpoint'} is kept "
+                                    "(resuming replays the same steps: change the recipe in a new run folder)"
+                                    ) from err
     return updates
 
 
@@ -174,7 +172,7 @@ def save_checkpoint(folder: Path, model, learners: dict[str, DPOLearner], positi
     shutil.rmtree(target, ignore_errors=True)
     tmp.rename(target)
     write_json(root / "latest.json", {"checkpoint": target.name, "position": position})
-    for old in root.glob("ckpt-*"):
+    for old in [*root.glob("ckpt-*"), *root.glob(".tmp-*")]:  # superseded, or left by a killed save
         if old != target:
             shutil.rmtree(old, ignore_errors=True)
 
