@@ -105,7 +105,7 @@ class NoReuse:
 
     def __init__(self, inner) -> None:
         self.inner = inner
-        self.eos_token_id = inner.eos_token_id
+        self.eos_token_ids = inner.eos_token_ids
 
     def generate(self, prompts, adapter, *args, **kwargs):
         self.inner.reset_cache(adapter)

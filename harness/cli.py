@@ -24,8 +24,20 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_show(args: argparse.Namespace) -> int:
+def resolve_recipe(args: argparse.Namespace):
+    """The recipe named on the command line with its overrides, rehearsed with `--rehearse` (what that replaced is
+    printed to stderr)."""
     recipe = load_recipe(args.recipe, args.overrides)
+    if getattr(args, "rehearse", False):
+        from harness.rehearse import describe, rehearsal
+
+        recipe, changes = rehearsal(recipe)
+        print(describe(changes), file=sys.stderr)
+    return recipe
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    recipe = resolve_recipe(args)
     print(f"# {recipe_path(args.recipe)}  hash {recipe.hash()}")
     print(recipe.to_yaml(), end="")
     return 0
@@ -54,8 +66,8 @@ def cmd_grade(args: argparse.Namespace) -> int:
 def prepare_run(args: argparse.Namespace):
     from harness.rundir import RunDir
 
-    recipe = load_recipe(args.recipe, args.overrides)
-    run = RunDir(args.run_dir or RunDir.default_path(recipe))
+    recipe = resolve_recipe(args)
+    run = RunDir(args.run_dir or RunDir.default_path(recipe, "rehearsal" if args.rehearse else None))
     run.prepare(recipe)
     print(f"run folder: {run.path}", file=sys.stderr)
     return recipe, run
@@ -110,6 +122,24 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+REHEARSE_HELP = ("run the recipe on this CPU with a tiny stand-in of its model family, bundled data and cut sizes, "
+                 "everything else as written (prints what it replaced)")
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    import torch
+
+    from harness.doctor import doctor, plan, render
+
+    recipe = resolve_recipe(args)
+    if not torch.cuda.is_available() and not args.rehearse:
+        print(plan(recipe))
+        return 0
+    report = doctor(recipe)
+    print(json.dumps(report, indent=2) if args.json else render(report))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from harness.pipeline import STAGES
 
@@ -120,6 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     show = sub.add_parser("show", help="print a resolved recipe and its hash")
     show.add_argument("recipe")
+    show.add_argument("--rehearse", action="store_true", help="the recipe as `--rehearse` runs it")
     show.add_argument("overrides", nargs="*", help="key.sub=value")
     show.set_defaults(func=cmd_show)
 
@@ -136,12 +167,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("stage", choices=STAGES)
     run.add_argument("recipe")
     run.add_argument("--run-dir")
+    run.add_argument("--rehearse", action="store_true", help=REHEARSE_HELP)
     run.add_argument("overrides", nargs="*", help="key.sub=value")
     run.set_defaults(func=cmd_run)
 
     reproduce = sub.add_parser("reproduce", help="run every stage (finished stages are skipped)")
     reproduce.add_argument("recipe")
     reproduce.add_argument("--run-dir")
+    reproduce.add_argument("--rehearse", action="store_true", help=REHEARSE_HELP)
     reproduce.add_argument("overrides", nargs="*", help="key.sub=value")
     reproduce.set_defaults(func=cmd_reproduce)
 
@@ -154,6 +187,13 @@ def build_parser() -> argparse.ArgumentParser:
     flow.add_argument("--json", action="store_true", help="print one JSON object")
     flow.add_argument("overrides", nargs="*", help="key.sub=value")
     flow.set_defaults(func=cmd_bench)
+
+    doc = sub.add_parser("doctor", help="GPU preflight: memory, engine start, one DPO step, decode speed, hours")
+    doc.add_argument("recipe")
+    doc.add_argument("--rehearse", action="store_true", help="run the checks on the CPU stand-in (tests them)")
+    doc.add_argument("--json", action="store_true", help="print one JSON object")
+    doc.add_argument("overrides", nargs="*", help="key.sub=value")
+    doc.set_defaults(func=cmd_doctor)
 
     report = sub.add_parser("report", help="write RUN/report/ (markdown, HTML, PNGs) from a run folder")
     report.add_argument("run")

@@ -97,9 +97,10 @@ def _task_manager(tasks: list[EvalTask], rendered: Path) -> Any:
 
 
 # ------------------------------------------------------------------------------------------------ models
-def _vllm_model_args(model: str | Path, tokenizer: Any, cfg: EvalConfig, adapter_path: Path | None) -> dict:
+def _vllm_model_args(model: str | Path, tokenizer: Any, cfg: EvalConfig, adapter_path: Path | None,
+                     engine_args: dict | None = None) -> dict:
     """lm-eval `vllm` model_args for a saved model folder (or hub id) and an optional LoRA adapter folder."""
-    args: dict[str, Any] = {"pretrained": str(model), "batch_size": cfg.batch_size}
+    args: dict[str, Any] = {"pretrained": str(model), "batch_size": cfg.batch_size, **(engine_args or {})}
     if isinstance(tokenizer, (str, Path)):
         args["tokenizer"] = str(tokenizer)
     if adapter_path is not None:
@@ -109,12 +110,14 @@ def _vllm_model_args(model: str | Path, tokenizer: Any, cfg: EvalConfig, adapter
     return args
 
 
-def build_lm(model: Any, tokenizer: Any, cfg: EvalConfig, adapter_path: Path | None = None) -> Any:
+def build_lm(model: Any, tokenizer: Any, cfg: EvalConfig, adapter_path: Path | None = None,
+             engine_args: dict | None = None) -> Any:
     """The lm-eval LM for cfg.backend, built once and shared by every task of one evaluation.
 
     hf: `model` is a transformers model, a PeftModel with one active adapter, or a merged model (or a folder /
     hub id, with `adapter_path` loaded by lm-eval's `peft=`). vllm: `model` is a saved folder (or hub id) and
     `adapter_path` a PEFT adapter folder served as a LoRA request. An lm-eval LM instance is used as it is.
+    `engine_args` go to the model loader: vLLM engine settings (vllm), `dtype` and `device` (hf, from a folder).
     """
     from lm_eval.api.model import LM
 
@@ -127,7 +130,7 @@ def build_lm(model: Any, tokenizer: Any, cfg: EvalConfig, adapter_path: Path | N
             raise TypeError("eval.backend vllm evaluates a saved model: pass its folder (and adapter_path)")
         from lm_eval.api.registry import get_model
 
-        return get_model("vllm").create_from_arg_obj(_vllm_model_args(model, tokenizer, cfg, adapter_path))
+        return get_model("vllm").create_from_arg_obj(_vllm_model_args(model, tokenizer, cfg, adapter_path, engine_args))
 
     from lm_eval.models.huggingface import HFLM
 
@@ -136,8 +139,8 @@ def build_lm(model: Any, tokenizer: Any, cfg: EvalConfig, adapter_path: Path | N
 
         tok = str(tokenizer) if isinstance(tokenizer, Path) else tokenizer
         peft = None if adapter_path is None else str(adapter_path)
-        device = "cuda" if torch.cuda.is_available() else "cpu"  # HFLM's default is cuda even without one
-        return HFLM(pretrained=str(model), tokenizer=tok, peft=peft, batch_size=cfg.batch_size, device=device)
+        loader = {"device": "cuda" if torch.cuda.is_available() else "cpu"} | (engine_args or {})  # HFLM: cuda
+        return HFLM(pretrained=str(model), tokenizer=tok, peft=peft, batch_size=cfg.batch_size, **loader)
     if adapter_path is not None:
         raise ValueError("adapter_path is for a model given as a folder; pass the PeftModel itself instead")
     active = getattr(model, "active_adapters", None)
@@ -169,9 +172,13 @@ def compact_record(task: EvalTask, cfg: EvalConfig, results: dict) -> dict:
             "stderr": _float_or_none(scores.get(f"{metric}_stderr,{filt}")),
             "higher_is_better": higher.get(metric),
         }
+    if task.metric is not None and task.metric not in metrics:
+        raise ValueError(f"eval task {task.name!r}: metric {task.metric!r} is not among lm-eval's results for "
+                         f"{name} ({', '.join(metrics)})")
     return {
         "task": task.name,
         "lm_eval_task": name,
+        "headline": task.metric,
         "version": results.get("versions", {}).get(name),
         "n_shot": n_shots.pop() if len(n_shots) == 1 else sorted(n_shots) or None,
         "chat_template": bool(cfg.apply_chat_template),
@@ -214,6 +221,7 @@ def evaluate_model(
     label: str,
     *,
     adapter_path: Path | None = None,
+    engine_args: dict | None = None,
 ) -> dict[str, dict]:
     """Run every cfg task with lm-eval on one model; write its outputs under out_dir/label; return records by name.
 
@@ -227,7 +235,7 @@ def evaluate_model(
     run_dir = Path(out_dir) / label
     rendered = render_tasks(run_dir / RENDERED_DIRNAME)
     manager = _task_manager(cfg.tasks, rendered)
-    lm = build_lm(model, tokenizer, cfg, adapter_path)
+    lm = build_lm(model, tokenizer, cfg, adapter_path, engine_args)
     gen_kwargs = {"max_gen_toks": cfg.max_gen_toks} if cfg.max_gen_toks is not None else None
     records: dict[str, dict] = {}
     for task in cfg.tasks:
@@ -248,7 +256,16 @@ def evaluate_model(
         records[task.name] = compact_record(task, cfg, results)
         _write_task_outputs(run_dir / task.name, results)
     (run_dir / "records.json").write_text(json.dumps(records, indent=2) + "\n", encoding="utf-8")
+    close_lm(lm)
     return records
+
+
+def close_lm(lm: Any) -> None:
+    """Stop a vLLM engine now (its GPU memory is needed by the next model), not at garbage collection."""
+    engine = getattr(getattr(lm, "model", None), "llm_engine", None)
+    core = getattr(engine, "engine_core", None)
+    if core is not None:
+        core.shutdown()
 
 
 # ------------------------------------------------------------------------------------------------ guard

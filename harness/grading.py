@@ -1,18 +1,33 @@
 """Answer extraction and grading for GSM8K and MATH.
 
-Extraction rules (first rule that yields an answer wins):
+Extraction finds every answer statement in the text, each with its position, and the LAST statement that
+has an answer wins, whatever its marker: a solution that revises itself ("The answer is: 3 ... wait ...
+\\boxed{5}") ends with its final answer. Markers and what "has an answer" means:
 
-* GSM8K: the first ``#### N`` (first, like lm-eval's strict match, so that a model that keeps generating
-  few-shot examples after its answer is graded on its own answer); the last "The answer is: N" /
-  "The answer is N" (MetaMathQA); the last ``\\boxed{N}``; the last number in the text. Numbers are
-  normalised (thousands commas, ``$``, trailing units/words/periods, ``12.0`` -> ``12``, negatives,
-  decimals, ``3/4`` and ``\\frac{3}{4}`` fractions) and compared numerically.
-* MATH: the last ``\\boxed{...}`` / ``\\fbox{...}`` (brace matching, so nested braces work); the last
-  Minerva "Final Answer: The final answer is X. I hope it is correct."; the last MetaMathQA
-  "The answer is: X". There is deliberately no last-number fallback for MATH: many MATH answers are not
+* GSM8K: ``#### N`` (exactly four ``#``) with a number right after it (``#### 18``, ``####18``,
+  ``#### $1,200``); a Markdown heading is not an answer (``#### Step 1: ...``, and an enumerated heading
+  ``#### 1. Setup`` / ``#### 2) ...`` / ``#### 3: ...``). "The answer is: N" / "The answer is N"
+  (MetaMathQA) and "The final answer is N" (Minerva) with a number right after the marker (after ``$``,
+  ``**`` or ``\\(`` decoration), so "The answer is below" is no answer. ``\\boxed{...}`` / ``\\fbox{...}``
+  with a number inside. If no marker has an answer: the last number in the text. Numbers are normalised
+  (thousands commas, ``$``, trailing units/words/periods, ``12.0`` -> ``12``, negatives, decimals,
+  ``3/4`` and ``\\frac{3}{4}`` fractions) and compared numerically.
+* MATH: ``\\boxed{...}`` / ``\\fbox{...}`` with non-empty content (brace matching, so nested braces work);
+  Minerva "Final Answer: The final answer is X" and MetaMathQA "The answer is: X" where X looks like math:
+  it starts with a digit, a LaTeX command, ``$``, a bracket, a sign or another math symbol, or is a single
+  letter variable or choice (``x = 3``, ``C``). A bare English word is not an answer ("The answer is below",
+  "the answer is that we ..."); MATH writes word answers as ``\\text{odd}``, which counts. ``####`` is not
+  a MATH marker. There is deliberately no last-number fallback for MATH: many MATH answers are not
   numbers, and a stray number from unfinished reasoning is not a final answer. Such predictions are
   graded wrong and counted as unparsed. Equivalence is a normalised string comparison first, then
   ``math_verify.verify(parse(gold), parse(pred))``.
+
+After a "The (final) answer is" / ``####`` marker the statement ends at the line end and at the first
+sentence-ending period (a ``.`` followed by whitespace or the end, outside braces), so trailing prose is
+dropped ("The answer is: $\\frac{2}{3}$. Let me know if ..." -> ``\\frac{2}{3}``) while decimals
+(``2.5``) and periods inside braces (``\\text{Mr. Smith}``) stay. Minerva's "I hope it is correct",
+Markdown bold ``**`` and a ``$...$`` wrapper are removed, and a ``\\boxed{}`` inside the statement gives
+its content.
 """
 
 from __future__ import annotations
@@ -20,6 +35,7 @@ from __future__ import annotations
 import json
 import re
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from decimal import Decimal, localcontext
 from fractions import Fraction
@@ -66,6 +82,14 @@ def _match_braces(text: str, start: int) -> int | None:
 
     Escaped braces (``\\{``, ``\\}``) are skipped, so ``\\boxed{\\{1,2\\}}`` works.
     """
+    for i, ch, depth in _walk(text, start):
+        if ch == "}" and depth == 0:
+            return i + 1
+    return None
+
+
+def _walk(text: str, start: int = 0) -> Iterator[tuple[int, str, int]]:
+    """(index, character, brace depth after it) from ``start`` on, skipping escaped characters (``\\{``)."""
     depth = 0
     i = start
     while i < len(text):
@@ -73,14 +97,9 @@ def _match_braces(text: str, start: int) -> int | None:
         if ch == "\\":
             i += 2
             continue
-        if ch == "{":
-            depth += 1
-        elif ch == "}":
-            depth -= 1
-            if depth == 0:
-                return i + 1
+        depth += (ch == "{") - (ch == "}")
+        yield i, ch, depth
         i += 1
-    return None
 
 
 def _box_content(text: str, cmd_end: int) -> str | None:
@@ -109,18 +128,35 @@ def last_boxed(text: str) -> str | None:
 
 
 _HOPE_RE = re.compile(r"\s*I hope it is correct\.?\s*$", re.IGNORECASE)
-_MINERVA_RE = re.compile(r"final answer is[:\s]*", re.IGNORECASE)
-_ANSWER_IS_RE = re.compile(r"the answer is\s*:?\s*", re.IGNORECASE)
+# MetaMathQA "The answer is[:]" and Minerva "The final answer is"; not "the answer isn't".
+_ANSWER_IS_RE = re.compile(r"\b(?:the|final)\s+answer\s+is(?![\w'])\s*:?\s*", re.IGNORECASE)
+# How a MATH answer starts: a digit, LaTeX, ``$``, a bracket, a sign or other math symbol, or a lone
+# letter (``x = 3``, ``C``) that does not start a sentence ("a bit tricky", "I think").
+_MATH_START_RE = re.compile(r"[\d\\$({\[|<>+\-\u2212=\u221a\u221e\u03c0]|\.\d|[a-zA-Z](?![a-zA-Z])(?!\s+[a-zA-Z]{2})")
 
 
-def _strip_answer_segment(seg: str) -> str:
-    """Clean the text following "The (final) answer is": one line, no trailing period or ``$``."""
-    seg = seg.split("\n", 1)[0]
-    seg = _HOPE_RE.sub("", seg).strip()
-    if seg.endswith("."):
-        seg = seg[:-1].rstrip()
-    seg = seg.strip()
-    if seg.startswith("$") and seg.endswith("$") and len(seg) >= 2:
+def _sentence_end(seg: str) -> int:
+    """Index of the first period followed by whitespace or the end outside braces (len(seg) if none).
+
+    A decimal point is followed by a digit, and LaTeX such as ``\\text{Mr. Smith}`` has its period inside
+    braces, so neither ends the statement.
+    """
+    for i, ch, depth in _walk(seg):
+        if ch == "." and depth <= 0 and (i + 1 == len(seg) or seg[i + 1].isspace()):
+            return i
+    return len(seg)
+
+
+def _statement(text: str, start: int) -> str:
+    """The answer stated after a marker that ends at ``start`` (see the module docstring).
+
+    The rest of the line up to the first sentence end, without Minerva's "I hope it is correct", Markdown bold
+    or a ``$...$`` wrapper; a ``\\boxed{}`` in it gives its content.
+    """
+    line_end = text.find("\n", start)
+    seg = _HOPE_RE.sub("", text[start : line_end if line_end >= 0 else len(text)])
+    seg = seg[: _sentence_end(seg)].strip().strip("*").strip()
+    if len(seg) >= 2 and seg.startswith("$") and seg.endswith("$"):
         seg = seg.strip("$").strip()
     boxed = last_boxed(seg)
     if boxed is not None:
@@ -128,13 +164,10 @@ def _strip_answer_segment(seg: str) -> str:
     return seg.rstrip(".").strip()
 
 
-def _last_phrase_answer(text: str, pattern: re.Pattern[str]) -> str | None:
-    """Cleaned segment after the last match of ``pattern`` that has non-empty content."""
-    for m in reversed(list(pattern.finditer(text))):
-        seg = _strip_answer_segment(text[m.end() :])
-        if seg:
-            return seg
-    return None
+def _last_stated(found: list[tuple[int, str | None]]) -> str | None:
+    """Answer of the last-starting statement among ``(position, answer)`` pairs that have an answer."""
+    stated = [(pos, answer) for pos, answer in found if answer is not None]
+    return max(stated, key=lambda item: item[0])[1] if stated else None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -201,23 +234,27 @@ def _last_number(text: str) -> str | None:
     return None
 
 
+# ``####`` not part of a longer run of ``#``, and not an enumerated Markdown heading (``#### 1. Setup``).
+_GSM8K_MARK_RE = re.compile(r"(?<!#)####(?!#)(?!\s*\d+[.:)]\s+[a-zA-Z])")
+# Decoration allowed between a marker and its number: ``$``, Markdown bold, ``\\(`` / ``\\[``.
+_LEAD_DECOR_RE = re.compile(r"^(?:\s|\*|\$|\\[(\[])+")
+
+
+def _leading_number(seg: str) -> str | None:
+    """The number ``seg`` starts with (after decoration); None if it starts with anything else."""
+    m = _NUM_RE.match(_LEAD_DECOR_RE.sub("", _prep_numeric(seg)))
+    return _canonical_number(m) if m else None
+
+
 def _gsm8k_structured(text: str) -> str | None:
-    """GSM8K answer from an explicit marker (``####``, "The answer is", ``\\boxed``); None if absent."""
-    for m in re.finditer(r"####", text):
-        num = _first_number(text[m.end() :].split("\n", 1)[0])
-        if num is not None:
-            return num
-    for m in reversed(list(_ANSWER_IS_RE.finditer(text))):
-        num = _first_number(text[m.end() :].split("\n", 1)[0])
-        if num is not None:
-            return num
-    for m in reversed(list(_BOX_RE.finditer(text))):
+    """GSM8K answer of the last marker (``####``, "The answer is", ``\\boxed``) with a number; None if none."""
+    found: list[tuple[int, str | None]] = []
+    for pattern in (_GSM8K_MARK_RE, _ANSWER_IS_RE):
+        found += [(m.start(), _leading_number(_statement(text, m.end()))) for m in pattern.finditer(text)]
+    for m in _BOX_RE.finditer(text):
         content = _box_content(text, m.end())
-        if content:
-            num = _first_number(content)
-            if num is not None:
-                return num
-    return None
+        found.append((m.start(), _first_number(content) if content else None))
+    return _last_stated(found)
 
 
 def _to_fraction(text: str) -> Fraction | None:
@@ -357,6 +394,21 @@ def _math_equivalent(pred: str, gold: str) -> bool:
     return _math_verify_equivalent(pred, gold)
 
 
+def _math_statement(text: str, start: int) -> str | None:
+    """MATH answer after a "The (final) answer is" marker ending at ``start``; None unless it looks like math."""
+    answer = _statement(text, start)
+    return answer if _MATH_START_RE.match(answer) else None
+
+
+def _math_structured(text: str) -> str | None:
+    """MATH answer of the last marker (``\\boxed``, "The (final) answer is") with an answer; None if none."""
+    found: list[tuple[int, str | None]] = [
+        (m.start(), _math_statement(text, m.end())) for m in _ANSWER_IS_RE.finditer(text)
+    ]
+    found += [(m.start(), _box_content(text, m.end()) or None) for m in _BOX_RE.finditer(text)]
+    return _last_stated(found)
+
+
 # --------------------------------------------------------------------------------------------------
 # Public API
 # --------------------------------------------------------------------------------------------------
@@ -367,9 +419,7 @@ def extract_answer(text: str, task: Task) -> str | None:
     _check_task(task)
     if task == "gsm8k":
         return _gsm8k_structured(text) or _last_number(text)
-    return (
-        last_boxed(text) or _last_phrase_answer(text, _MINERVA_RE) or _last_phrase_answer(text, _ANSWER_IS_RE)
-    )
+    return _math_structured(text)
 
 
 _PROSE_WORD_RE = re.compile(r"(?<![\\{a-zA-Z])[a-zA-Z]{3,}")

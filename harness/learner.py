@@ -4,9 +4,12 @@ Written by hand because TRL's DPOTrainer re-tokenizes text pairs, appends EOS to
 mid-solution chunk) and cannot train one of several named adapters with the reference = adapters disabled
 (FIELD-NOTES). The loss is TRL's sigmoid DPO loss, with conservative-DPO label smoothing as an option.
 
-Batching (the paper's "global batch size 32"): our reading is 32 preference pairs per optimizer step of one
-agent. Pairs wait in the learner's queue across questions until `batch_pairs` are there; a step then takes
-exactly that many, in micro-batches of `micro_batch_pairs` with gradient accumulation.
+When an agent steps (`online.update`): `per_question` (the paper's "updating models in real-time") steps on each
+question's own pairs right after it, at most `batch_pairs` per step; `accumulate` queues pairs across questions
+until `batch_pairs` are there and steps on exactly that many. A step accumulates gradients over micro-batches
+bounded by padded tokens (`runtime.dpo_micro_batch_tokens`), not by pairs, so its memory does not depend on
+how long this step's pairs happen to be. The vocabulary head and the fp32 log-softmax run on completion positions
+only, row by row: a micro-batch holds (completion tokens x vocabulary) logits, not (all tokens x vocabulary).
 
 The Stop agent's pairs have one-token completions: chosen = the Yes (or No) token whose continuation ended
 correct, rejected = the other. DPO on them moves log P(Yes) - log P(No) of that prompt, which is exactly what the
@@ -55,18 +58,34 @@ def completion_logps(model: torch.nn.Module, prompts: list[list[int]], completio
     device = next(model.parameters()).device
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    target = torch.zeros((len(seqs), width), dtype=torch.bool)
-    for row, (p, s) in enumerate(zip(prompts, seqs)):
+    for row, s in enumerate(seqs):
         ids[row, : len(s)] = torch.tensor(s)
         mask[row, : len(s)] = 1
-        target[row, len(p) : len(s)] = True
-    ids, mask, target = ids.to(device), mask.to(device), target.to(device)
-    # Only positions from the shortest prompt's last token on predict completion tokens: the vocabulary head and
-    # the fp32 log-softmax run on those alone (a Stop pair's completion is one token after a long prompt).
-    first = min(len(p) for p in prompts)
-    logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=width - first + 1).logits[:, :-1].float()
-    token_logps = torch.log_softmax(logits, -1).gather(-1, ids[:, first:].unsqueeze(-1)).squeeze(-1)
-    return (token_logps * target[:, first:]).sum(-1)
+    # Row r's completion token at position t is predicted by the hidden state at t - 1.
+    rows = torch.tensor([r for r, (p, s) in enumerate(zip(prompts, seqs)) for _ in range(len(p), len(s))])
+    positions = torch.tensor([t for p, s in zip(prompts, seqs) for t in range(len(p), len(s))])
+    hidden = model.get_decoder()(input_ids=ids.to(device), attention_mask=mask.to(device),
+                                 use_cache=False).last_hidden_state
+    rows, positions = rows.to(device), positions.to(device)
+    logits = model.get_output_embeddings()(hidden[rows, positions - 1]).float()
+    token_logps = torch.log_softmax(logits, -1).gather(-1, ids.to(device)[rows, positions, None])[:, 0]
+    return torch.zeros(len(seqs), device=device, dtype=token_logps.dtype).index_add(0, rows, token_logps)
+
+
+def micro_batches(pairs: list[Pair], max_tokens: int) -> list[list[Pair]]:
+    """Consecutive pairs grouped so that each group's padded forward (chosen and rejected rows, padded to the
+    longest) holds at most `max_tokens` tokens; a pair longer than that is a group of its own."""
+    groups: list[list[Pair]] = []
+    width = 0
+    for pair in pairs:
+        longest = len(pair.prompt_ids) + max(len(pair.chosen_ids), len(pair.rejected_ids))
+        if groups and 2 * (len(groups[-1]) + 1) * max(width, longest) <= max_tokens:
+            groups[-1].append(pair)
+            width = max(width, longest)
+        else:
+            groups.append([pair])
+            width = longest
+    return groups
 
 
 def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor,
@@ -84,8 +103,10 @@ class DPOLearner:
     moves it toward the trained one every 100 episodes: here it is replaced every `reference_refresh_every` steps).
     """
 
-    def __init__(self, model: torch.nn.Module, agent: str, cfg: OnlineConfig, pad_id: int) -> None:
+    def __init__(self, model: torch.nn.Module, agent: str, cfg: OnlineConfig, pad_id: int,
+                 micro_batch_tokens: int = 8192) -> None:
         self.model, self.agent, self.cfg, self.pad_id = model, agent, cfg, pad_id
+        self.micro_batch_tokens = micro_batch_tokens
         self.params = [p for n, p in model.named_parameters() if "lora_" in n and f".{agent}." in n]
         if not self.params:
             raise ValueError(f"model has no LoRA parameters for adapter {agent!r}")
@@ -108,10 +129,13 @@ class DPOLearner:
         self.queue += [p for p in pairs if p.agent == self.agent]
 
     def ready(self) -> bool:
+        """Whether a step is due: any queued pair (`per_question`), or a full batch (`accumulate`)."""
+        if self.cfg.update == "per_question":
+            return bool(self.queue)
         return len(self.queue) >= self.cfg.batch_pairs
 
     def step(self, seed: int) -> dict:
-        """One optimizer step on the oldest `batch_pairs` queued pairs; returns loss and margin statistics."""
+        """One optimizer step on the oldest queued pairs (at most `batch_pairs`); returns loss and margin statistics."""
         if not self.ready():
             raise RuntimeError(f"adapter {self.agent}: {len(self.queue)} pairs queued, a step takes "
                                f"{self.cfg.batch_pairs}")
@@ -124,8 +148,7 @@ class DPOLearner:
         self.optimizer.zero_grad(set_to_none=True)
         losses, margins = [], []
         try:
-            for start in range(0, len(batch), self.cfg.micro_batch_pairs):
-                micro = batch[start : start + self.cfg.micro_batch_pairs]
+            for micro in micro_batches(batch, self.micro_batch_tokens):
                 loss, margin = self._micro_loss(micro)
                 (loss.sum() / len(batch)).backward()
                 losses += loss.tolist()

@@ -11,29 +11,33 @@ import hashlib
 import importlib.util
 import os
 import shutil
-import string
 from pathlib import Path
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 
+from harness.families import family_model, family_tokenizer
 from harness.recipe import LoraSpec, ModelConfig
 
-CHATML_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-WARMUP_VERSION = "1"
-"""Part of the tiny warm-up cache key: bump it when warm_up_tiny changes, so stale weights are not reused."""
+WARMUP_VERSION = "3"
+"""Part of the tiny warm-up cache key: bump it when warm_up_tiny or harness/families.py changes, so stale weights
+are not reused."""
 
 
 def cache_dir() -> Path:
     """Where converted weights live (HARNESS_CACHE, else ~/.cache/harness)."""
     return Path(os.environ.get("HARNESS_CACHE", Path.home() / ".cache" / "harness"))
+
+
+def free_memory() -> None:
+    """Give the memory of dropped models back (to the GPU's free pool, where there is one)."""
+    import gc
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def resolve_device(name: str) -> torch.device:
@@ -42,77 +46,44 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def tiny_tokenizer() -> PreTrainedTokenizerFast:
-    """A character-level tokenizer with ChatML special tokens: each printable character is one token."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-
-    specials = ["<pad>", "<|im_start|>", "<|im_end|>", "<unk>"]
-    chars = list(string.printable.replace("\x0b", "").replace("\x0c", ""))
-    vocab = {tok: i for i, tok in enumerate(specials + chars)}
-    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    core.pre_tokenizer = pre_tokenizers.Split(pattern="", behavior="isolated")
-    from tokenizers import decoders
-
-    core.decoder = decoders.Fuse()
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=core,
-        pad_token="<pad>",
-        eos_token="<|im_end|>",
-        bos_token=None,
-        unk_token="<unk>",
-        additional_special_tokens=["<|im_start|>"],
-    )
-    tok.chat_template = CHATML_TEMPLATE
-    return tok
-
-
-def tiny_model(cfg: ModelConfig, vocab_size: int, pad_id: int, eos_id: int) -> torch.nn.Module:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    t = cfg.tiny
-    config = LlamaConfig(
-        vocab_size=vocab_size,
-        hidden_size=t.hidden_size,
-        intermediate_size=t.hidden_size * 2,
-        num_hidden_layers=t.layers,
-        num_attention_heads=t.heads,
-        num_key_value_heads=t.kv_heads,
-        max_position_embeddings=4096,
-        pad_token_id=pad_id,
-        eos_token_id=eos_id,
-        bos_token_id=None,
-        tie_word_embeddings=False,
-    )
-    torch.manual_seed(t.seed)
-    return LlamaForCausalLM(config)
-
-
 def warm_up_tiny(model: torch.nn.Module, tokenizer, steps: int, seed: int) -> None:
     """A few Adam steps on bundled arithmetic solutions (rows no recipe streams), so that the tiny model gets
     some answers right and some wrong: a model at 0% makes no preference pairs."""
     import json
 
+    from harness.learner import completion_logps  # the learner imports this module
+
     rows = (Path(__file__).resolve().parent / "bundled" / "arith.jsonl").read_text().splitlines()[800:]
-    texts = []
+    examples = []
     for row in map(json.loads, rows):
         work, answer = row["answer"].split("\n#### ")
-        prompt = tokenizer.apply_chat_template([{"role": "user", "content": row["question"]}], tokenize=False,
-                                               add_generation_prompt=True)
-        texts.append((prompt, f"{work}. The answer is: {answer}"))
+        examples.append(chat_example(tokenizer, row["question"], f"{work}. The answer is: {answer}"))
     gen = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     model.train()
     for _ in range(steps):
-        batch = [texts[i] for i in torch.randint(len(texts), (16,), generator=gen).tolist()]
-        seqs = [tokenizer.encode(p + c, add_special_tokens=False) + [tokenizer.eos_token_id] for p, c in batch]
-        width = max(map(len, seqs))
-        ids = torch.tensor([s + [tokenizer.pad_token_id] * (width - len(s)) for s in seqs])
-        labels = torch.tensor([s + [-100] * (width - len(s)) for s in seqs])
-        loss = model(input_ids=ids, labels=labels).loss
+        batch = [examples[i] for i in torch.randint(len(examples), (16,), generator=gen).tolist()]
+        prompts, answers = [p for p, _ in batch], [a for _, a in batch]
+        # The loss covers the answers only: the vocabulary head then runs on ~30 positions a row, not ~100, which
+        # matters for stand-ins with Llama-3's 128k vocabulary.
+        loss = -completion_logps(model, prompts, answers, tokenizer.pad_token_id).sum() / sum(map(len, answers))
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
     model.eval()
+
+
+def chat_example(tokenizer, question: str, answer: str) -> tuple[list[int], list[int]]:
+    """Prompt and answer ids as the chat template writes a finished turn: the answer ends with the template's own
+    end-of-turn token (ChatML <|im_end|>, Llama-3 <|eot_id|>, Phi-3 <|end|>), not what follows it."""
+    user = [{"role": "user", "content": question}]
+    prompt = tokenizer.apply_chat_template(user, tokenize=False, add_generation_prompt=True)
+    turn = tokenizer.apply_chat_template(user + [{"role": "assistant", "content": answer}], tokenize=False)
+    if not turn.startswith(prompt + answer):
+        raise ValueError("the chat template does not write an assistant turn after its generation prompt")
+    ids = tokenizer.encode(turn.rstrip("\n"), add_special_tokens=False)
+    cut = len(tokenizer.encode(prompt, add_special_tokens=False))
+    return ids[:cut], ids[cut:]
 
 
 def load_or_warm_up_tiny(model: torch.nn.Module, tokenizer, cfg: ModelConfig) -> None:
@@ -160,26 +131,25 @@ def smollm2_folder() -> Path:
     return out
 
 
-def load_base(cfg: ModelConfig) -> tuple[torch.nn.Module, PreTrainedTokenizerFast]:
-    """The base model (eval mode, on its device, in its dtype) and its tokenizer."""
+def load_base(cfg: ModelConfig, device: str = "auto") -> tuple[torch.nn.Module, PreTrainedTokenizerFast]:
+    """The base model (eval mode, on `device`, in its dtype) and its tokenizer."""
     dtype = getattr(torch, cfg.dtype)
+    path = str(smollm2_folder()) if cfg.name == "smollm2-135m" else cfg.name
+    tokenizer = family_tokenizer(cfg.tiny.family) if cfg.name == "tiny" else AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
     if cfg.name == "tiny":
-        tokenizer = tiny_tokenizer()
-        model = tiny_model(cfg, len(tokenizer), tokenizer.pad_token_id, tokenizer.eos_token_id)
+        model = family_model(cfg.tiny.family, cfg.tiny, tokenizer)
         if cfg.tiny.warmup_steps:
             load_or_warm_up_tiny(model, tokenizer, cfg)
         model = model.to(dtype)
     else:
-        path = str(smollm2_folder()) if cfg.name == "smollm2-135m" else cfg.name
-        tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    tokenizer.padding_side = "left"
     if cfg.chat_template and not tokenizer.chat_template:
         raise ValueError(f"model.chat_template is true but {cfg.name} has no chat template")
     model.generation_config.pad_token_id = tokenizer.pad_token_id
-    return model.to(resolve_device(cfg.device)).eval(), tokenizer
+    return model.to(resolve_device(device)).eval(), tokenizer
 
 
 def base_model_folder(cfg: ModelConfig, model: torch.nn.Module, tokenizer) -> str:
@@ -190,7 +160,7 @@ def base_model_folder(cfg: ModelConfig, model: torch.nn.Module, tokenizer) -> st
         return str(smollm2_folder())
     if cfg.name != "tiny":
         return cfg.name
-    key = hashlib.sha256(cfg.tiny.model_dump_json().encode()).hexdigest()[:12]
+    key = hashlib.sha256((WARMUP_VERSION + cfg.dtype + cfg.tiny.model_dump_json()).encode()).hexdigest()[:12]
     folder = cache_dir() / f"tiny-{key}-folder"
     if not (folder / "config.json").is_file():
         tmp = folder.with_name(folder.name + f".{os.getpid()}.tmp")
@@ -199,6 +169,14 @@ def base_model_folder(cfg: ModelConfig, model: torch.nn.Module, tokenizer) -> st
         shutil.rmtree(folder, ignore_errors=True)
         tmp.rename(folder)
     return str(folder)
+
+
+def saved_model_folder(cfg: ModelConfig) -> str:
+    """The base model as a folder (or hub id) that any loader reads (lm-eval, vLLM); builds `tiny` once on CPU."""
+    if cfg.name == "tiny":
+        model, tokenizer = load_base(cfg, "cpu")
+        return base_model_folder(cfg, model, tokenizer)
+    return base_model_folder(cfg, None, None)
 
 
 def lora_config(spec: LoraSpec) -> LoraConfig:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from harness.distributed import world_size
 from harness.recipe import Recipe
-from harness.rundir import RunDir
+from harness.rundir import RunDir, RunError
 
 STAGES = ["baseline", "online", "compile", "evaluate", "report"]
 NO_ENGINE = {"evaluate", "report"}  # stages that load their own models
@@ -42,27 +43,40 @@ def run_report(recipe: Recipe, run: RunDir) -> dict:
 
 
 class LazyEngine:
-    """Builds the model only when a stage that is not done yet needs it (a finished run re-runs in seconds)."""
+    """Builds the model only when a stage that is not done yet needs it (a finished run re-runs in seconds), and
+    closes it before stages that load their own copies (SFT, evaluation)."""
 
     def __init__(self, recipe: Recipe) -> None:
         self.recipe = recipe
         self._engine = None
 
-    def get(self):
+    def get(self, run: RunDir | None = None):
+        """The engine, built on first use; `run` gets the facts of how prompts render in its provenance."""
         if self._engine is None:
             from harness.engine import Engine
 
             self._engine = Engine(self.recipe)
+        if run is not None:
+            run.update_provenance(prompts={"system_folded_into_user_turn": self._engine.prompter.system_folded})
         return self._engine
+
+    def close(self) -> None:
+        if self._engine is not None:
+            self._engine.close()
+            self._engine = None
 
 
 def run_stage(stage: str, recipe: Recipe, run: RunDir, engine: LazyEngine | None = None) -> dict:
+    if world_size() > 1 and stage != "compile":
+        raise RunError(f"stage {stage} runs in one process; only compile (its SFTs) runs under a distributed launch")
     if stage != "report" and run.is_done(stage):
         return run.summary(stage)
     if stage in NO_ENGINE:
         return stage_function(stage)(recipe, run)
     engine = engine or LazyEngine(recipe)
-    return stage_function(stage)(recipe, run, engine.get())
+    if stage == "compile":  # needs the engine only for sets not collected yet, and closes it before its SFTs
+        return stage_function(stage)(recipe, run, engine)
+    return stage_function(stage)(recipe, run, engine.get(run))
 
 
 def reproduce(recipe: Recipe, run: RunDir) -> str:

@@ -41,6 +41,9 @@ class TinyModel(Section):
     """Seed for the random initial weights."""
     warmup_steps: int = Field(0, ge=0)
     """Steps of in-process SFT on bundled arithmetic so the tiny model answers some questions right."""
+    family: Literal["chatml", "llama3", "phi3"] = "chatml"
+    """Architecture, chat template, special tokens and EOS ids to imitate (`llama3`, `phi3`: rehearsal stand-ins
+    of the paper models; `chatml`: a plain Llama with a ChatML template)."""
 
 
 class ModelConfig(Section):
@@ -50,8 +53,6 @@ class ModelConfig(Section):
     """Weights dtype for generation and training."""
     chat_template: bool = True
     """Wrap prompts in the tokenizer's chat template (False: plain text prompts)."""
-    device: str = "auto"
-    """`auto` (cuda when available), `cpu` or `cuda[:N]`."""
     tiny: TinyModel = Field(default_factory=TinyModel)
     """Shape of the `tiny` model; ignored for other models."""
 
@@ -173,10 +174,11 @@ class OnlineConfig(Section):
     """Learning rate."""
     weight_decay: float = Field(0.0, ge=0.0)
     """Weight decay (adamw only)."""
+    update: Literal["per_question", "accumulate"] = "accumulate"
+    """When an agent learns: `per_question` steps on each question's own pairs right after it (the paper's
+    real-time updates; at most `batch_pairs` per step), `accumulate` waits until `batch_pairs` pairs are queued."""
     batch_pairs: int = Field(32, ge=1)
-    """Pairs per optimizer step of one adapter; pairs wait across questions until there are this many."""
-    micro_batch_pairs: int = Field(8, ge=1)
-    """Pairs per forward/backward pass (gradient accumulation inside a step)."""
+    """Pairs per optimizer step of one adapter (`accumulate`), or the most pairs one step takes (`per_question`)."""
     grad_clip: float = Field(1.0, gt=0.0)
     """Gradient-norm clipping."""
     reference: Literal["base", "snapshot"] = "base"
@@ -210,9 +212,9 @@ class SFTConfig(Section):
     epochs: float = Field(3, gt=0.0)
     """Epochs over each SFT set."""
     batch_size: int = Field(8, ge=1)
-    """Per-device batch size."""
+    """Examples per micro-step over all devices (each of N processes takes batch_size / N)."""
     grad_accum: int = Field(2, ge=1)
-    """Gradient accumulation steps (global batch = batch_size * grad_accum)."""
+    """Gradient accumulation steps (global batch = batch_size * grad_accum, on any number of devices)."""
     warmup_ratio: float = Field(0.1, ge=0.0, lt=1.0)
     """Linear warmup share of steps."""
     grad_clip: float = Field(1.0, gt=0.0)
@@ -228,6 +230,13 @@ class CompileConfig(Section):
     """SFT sets to build and train on."""
     flow_samples: int = Field(1, ge=1)
     """Trained-Flow traces drawn per compile prompt (correct ones are kept)."""
+    temperature: float = Field(0.7, ge=0.0)
+    """Sampling temperature of the Answer LLM for the Flow traces (the self set is sampled at
+    `baseline.temperature`: set both alike to compare the sources fairly)."""
+    batch_size: int = Field(8, ge=1)
+    """Compile prompts whose Flow traces are generated together."""
+    seed: int = 0
+    """Seed of the Flow traces' sampling."""
     sft: SFTConfig = Field(default_factory=SFTConfig)
     """SFT settings shared by every source."""
 
@@ -241,6 +250,8 @@ class EvalTask(Section):
     """Few-shot examples (None: the task's default)."""
     limit: int | None = None
     """Most examples (None: all)."""
+    metric: str | None = None
+    """The headline `metric,filter` of the task in reports (e.g. `math_verify,none`); None: the first reported."""
 
 
 class EvalConfig(Section):
@@ -254,6 +265,49 @@ class EvalConfig(Section):
     """lm-eval model backend."""
     max_gen_toks: int | None = None
     """Override of the tasks' generation length (None: task default)."""
+
+
+class VLLMRuntime(Section):
+    gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0)
+    """Share of each GPU's memory the vLLM engine may hold (weights, KV cache, activations); vLLM refuses to start
+    when less than this share is free, so lower it when the training copy shares the GPU."""
+    max_model_len: int | None = Field(None, ge=1)
+    """Longest prompt + generation vLLM reserves KV for (None: the model's own, 131,072 for Phi-3-medium-128k)."""
+    tensor_parallel_size: int = Field(1, ge=1)
+    """GPUs one vLLM engine spreads the model over."""
+    enforce_eager: bool = False
+    """No CUDA graphs (starts faster, decodes slower, less memory)."""
+    max_num_seqs: int | None = Field(None, ge=1)
+    """Most sequences vLLM schedules at once (None: vLLM's default)."""
+    sleep_during_updates: bool = False
+    """Put the engine to sleep (weights to CPU, KV cache freed) while DPO steps run, to free GPU memory for them."""
+
+
+class HFRuntime(Section):
+    max_batch: int = Field(64, ge=1)
+    """Sequences the HF backend decodes (or Stop prompts it reads) together."""
+    row_tokens: int = Field(256, ge=8)
+    """Tokens per packed prompt-tree row of the HF backend."""
+    kv_store_tokens: int = Field(16384, ge=0)
+    """Tokens of KV the HF backend keeps across calls per adapter (0: none)."""
+
+
+class RuntimeConfig(Section):
+    """Placement and performance only: none of it changes what is computed beyond float rounding, so it is left out
+    of the recipe hash and a run resumes after it changes (the values used are recorded in provenance)."""
+
+    device: str = "auto"
+    """Device of the training copy (and of HF generation): `auto` (cuda when available), `cpu` or `cuda:N`. vLLM
+    generates on the first `tensor_parallel_size` visible GPUs, so `cuda:1` puts training beside it, not on it."""
+    dpo_micro_batch_tokens: int = Field(8192, ge=1)
+    """Padded tokens per DPO forward/backward (chosen and rejected rows together); a step accumulates gradients
+    over as many micro-batches as it needs. A pair longer than this is a micro-batch of its own."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass of DPO steps (memory for time)."""
+    vllm: VLLMRuntime = Field(default_factory=VLLMRuntime)
+    """vLLM engine settings (generation backend and lm-eval's vllm model)."""
+    hf: HFRuntime = Field(default_factory=HFRuntime)
+    """HF backend settings."""
 
 
 class PaperRef(Section):
@@ -290,6 +344,8 @@ class Recipe(Section):
     """lm-eval evaluation."""
     paper: PaperRef | None = None
     """Published numbers this recipe reproduces."""
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+    """Placement and performance (not part of the recipe hash)."""
     sources: dict[str, str] = {}
     """Field path -> where its value comes from (`Table 2`, or `choice: ..., because ...`)."""
 
@@ -301,8 +357,8 @@ class Recipe(Section):
         return self
 
     def hash(self) -> str:
-        """Stable hash of the resolved recipe (goes into provenance)."""
-        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        """Stable hash of the resolved recipe without its `runtime` section (goes into provenance)."""
+        blob = json.dumps(self.model_dump(mode="json", exclude={"runtime"}), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def to_yaml(self) -> str:

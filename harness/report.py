@@ -177,10 +177,13 @@ def cumulative(points: list[tuple[int, bool]], upto: int | None = None) -> dict:
 
 
 def headline_metric(record: dict) -> str | None:
-    """Table-1 metric of an lm-eval record: flexible-extract for gsm8k-like tasks, else the first metric."""
+    """Table-1 metric of an lm-eval record: the recipe's (`eval.tasks[].metric`), else flexible-extract for
+    gsm8k-like tasks, else the first metric."""
     metrics = list((record.get("metrics") or {}).keys())
     if not metrics:
         return None
+    if record.get("headline") in metrics:
+        return record["headline"]
     gsm = "gsm8k" in str(record.get("task", "")) or "gsm8k" in str(record.get("lm_eval_task", ""))
     if gsm and "exact_match,flexible-extract" in metrics:
         return "exact_match,flexible-extract"

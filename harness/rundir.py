@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from harness.distributed import is_main, wait_for
 from harness.recipe import Recipe
 
 PACKAGES = ["harness", "torch", "transformers", "peft", "trl", "accelerate", "datasets", "lm_eval", "math-verify",
@@ -79,14 +80,25 @@ def device_info() -> dict:
     return info
 
 
+def differing_fields(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """Dotted paths where two nested dicts/lists of plain values differ."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [path for key in sorted(old.keys() | new.keys(), key=str)
+                for path in differing_fields(old.get(key), new.get(key), f"{prefix}{key}.")]
+    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        return [path for i, (a, b) in enumerate(zip(old, new)) for path in differing_fields(a, b, f"{prefix}{i}.")]
+    return [] if old == new else [prefix.rstrip(".") or "(all)"]
+
+
 class RunDir:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._lock_fh = None
 
     @classmethod
-    def default_path(cls, recipe: Recipe) -> Path:
-        return REPO_ROOT / "results" / "runs" / f"{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    def default_path(cls, recipe: Recipe, kind: str | None = None) -> Path:
+        name = f"{recipe.name}-{kind}" if kind else recipe.name
+        return REPO_ROOT / "results" / "runs" / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
     def stage(self, name: str) -> Path:
         folder = self.path / name
@@ -112,28 +124,57 @@ class RunDir:
         self._lock_fh = fh
 
     def prepare(self, recipe: Recipe, argv: list[str] | None = None) -> None:
-        """Lock the folder and write the resolved recipe and provenance; refuse a folder of another recipe."""
+        """Lock the folder and write the resolved recipe and provenance; refuse a folder of another recipe.
+
+        A folder of the same recipe whose `runtime` section differs resumes with the new runtime: recipe.yaml takes
+        it and provenance.json records the change (runtime settings change placement and speed, not results).
+        In a distributed launch only rank 0 locks and writes; the others wait for its recipe.yaml."""
+        if not is_main():
+            wait_for(self.path / "recipe.yaml", "the run folder")
+            return
         self.lock()
         recipe_file = self.path / "recipe.yaml"
         if recipe_file.is_file():
             old = Recipe.model_validate(yaml.safe_load(recipe_file.read_text()))
             if old.hash() != recipe.hash():
-                raise RunError(f"{self.path} holds a run of another recipe (hash {old.hash()} != {recipe.hash()});"
-                               " choose a new --run-dir")
+                changed = ", ".join(differing_fields(old.model_dump(exclude={"runtime"}),
+                                                    recipe.model_dump(exclude={"runtime"})))
+                raise RunError(f"{self.path} holds a run of another recipe (hash {old.hash()} != {recipe.hash()}; "
+                               f"fields that differ: {changed}); choose a new --run-dir")
+            if old.runtime != recipe.runtime:
+                changes = self.provenance().get("runtime_changes", [])
+                self.update_provenance(runtime_changes=[*changes, {
+                    "at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                    "fields": differing_fields(old.runtime.model_dump(), recipe.runtime.model_dump()),
+                    "runtime": recipe.runtime.model_dump(mode="json"),
+                }])
+                write_atomic(recipe_file, recipe.to_yaml())
             return
         # provenance first, the recipe last and atomically: a folder with a recipe.yaml is complete
         write_json(self.path / "provenance.json", {
             "recipe": recipe.name,
             "recipe_hash": recipe.hash(),
+            "runtime": recipe.runtime.model_dump(mode="json"),
             "git": git_state(),
             "versions": versions(),
             "python": sys.version.split()[0],
             "device": device_info(),
-            "seeds": {"online": recipe.online.seed, "sft": recipe.compile.sft.seed, "model": recipe.model.tiny.seed},
+            "seeds": {"online": recipe.online.seed, "compile": recipe.compile.seed, "sft": recipe.compile.sft.seed,
+                      "model": recipe.model.tiny.seed},
             "argv": argv if argv is not None else sys.argv,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         })
         write_atomic(recipe_file, recipe.to_yaml())
+
+    def provenance(self) -> dict:
+        path = self.path / "provenance.json"
+        return json.loads(path.read_text()) if path.is_file() else {}
+
+    def update_provenance(self, **fields: Any) -> None:
+        """Set fields of provenance.json (facts learnt while running: runtime changes, how prompts were rendered)."""
+        data = self.provenance()
+        if any(data.get(k) != v for k, v in fields.items()):
+            write_json(self.path / "provenance.json", data | fields)
 
     def is_done(self, stage: str) -> bool:
         return (self.path / stage / "done.json").is_file()

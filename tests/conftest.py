@@ -51,7 +51,7 @@ def tiny_base():
     from harness.recipe import ModelConfig
 
     def make(**tiny):
-        return load_base(ModelConfig(name="tiny", device="cpu", tiny=tiny))
+        return load_base(ModelConfig(name="tiny", tiny=tiny))
 
     return make
 
@@ -117,7 +117,7 @@ class ScriptedBackend:
     def __init__(self, tokenizer, prompter, chunks: dict[str, dict[str, list[str]]],
                  stop: dict[str, dict[str, float]]) -> None:
         self.tok, self.prompter, self.chunks, self.stop = tokenizer, prompter, chunks, stop
-        self.eos_token_id = tokenizer.eos_token_id
+        self.eos_token_ids = [tokenizer.eos_token_id]
         self.counts: dict[tuple, int] = {}
         self.generate_calls: list[tuple] = []
         self.stop_calls: list[tuple] = []
@@ -126,7 +126,7 @@ class ScriptedBackend:
     def ids(self, text: str) -> list[int]:
         eos = text.endswith(self.EOS)
         text = text.removesuffix(self.EOS)
-        return self.tok.encode(text, add_special_tokens=False) + ([self.eos_token_id] if eos else [])
+        return self.tok.encode(text, add_special_tokens=False) + (self.eos_token_ids[:1] if eos else [])
 
     def _answer_split(self, prompt: list[int]) -> tuple[str, str]:
         for question in self.chunks:
@@ -157,7 +157,7 @@ class ScriptedBackend:
             text = options[min(k, len(options) - 1)]
             ids = self.ids(text)[:budget]
             self.generate_calls.append((adapter, question, partial, text))
-            finished = bool(ids) and ids[-1] == self.eos_token_id
+            finished = bool(ids) and ids[-1] in self.eos_token_ids
             out.append([Sample(ids, [-1.0] * len(ids), finished) for _ in range(n)])
         return out
 

@@ -246,3 +246,17 @@ def test_kept_kv_is_dropped_when_the_weights_change(tiny_base, perturb):
     assert kept.cached_tokens - before == 0
     kept.reset_cache("answer")
     assert kept.stores["answer"].entries == []
+
+
+def test_generation_stops_at_every_eos_id_of_the_generation_config(tiny_base):
+    """Llama-3 ends turns with <|eot_id|> and Phi-3 with <|end|>, both listed in generation_config beside the
+    tokenizer's EOS: a backend that stops only at the tokenizer's EOS writes past the end of the turn."""
+    model, tok = tiny_base()
+    prompt = encode(tok, QUESTIONS[0])
+    free = HFBackend(model, tok).generate([prompt], None, 24, 0.0)[0][0].token_ids
+    extra = next(t for t in free[2:] if t != tok.eos_token_id)
+    model.generation_config.eos_token_id = [tok.eos_token_id, extra]
+    backend = HFBackend(model, tok)
+    assert backend.eos_token_ids == [tok.eos_token_id, extra]
+    got = backend.generate([prompt], None, 24, 0.0)[0][0]
+    assert got.token_ids == free[: free.index(extra) + 1] and got.finished

@@ -71,7 +71,7 @@ def offline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
 
 
 def tiny() -> tuple[torch.nn.Module, object]:
-    return load_base(ModelConfig(name="tiny", device="cpu"))
+    return load_base(ModelConfig(name="tiny"))
 
 
 @pytest.fixture(scope="module")

@@ -9,10 +9,10 @@ from __future__ import annotations
 import pytest
 
 from harness.backends.hf import HFBackend
+from harness.families import family_tokenizer
 from harness.flow import Flow
 from harness.flow_rollout import make_pairs, nodes, rollouts
 from harness.learner import Pair
-from harness.models import tiny_tokenizer
 from harness.prompts import Prompter
 
 QUESTIONS = [
@@ -28,7 +28,7 @@ class RecordingBackend:
 
     def __init__(self, inner) -> None:
         self.inner = inner
-        self.eos_token_id = inner.eos_token_id
+        self.eos_token_ids = inner.eos_token_ids
         self.generated: list[tuple[list[int], list[int], bool]] = []
         self.asked: list[tuple[list[int], float]] = []
         self.adapters: list[tuple[str, str | None]] = []
@@ -105,7 +105,7 @@ def test_trace_text_is_concatenated_chunks_and_chunk_ids_are_the_generated_ids(t
 
 def test_stop_prompt_splices_answer_ids_into_the_rendered_template(tiny_recipe):
     recipe = tiny_recipe()
-    tok = tiny_tokenizer()
+    tok = family_tokenizer("chatml")
     prompter = Prompter(tok, recipe.flow, True)
     answer = "3 + 4 = 7"
     user = recipe.flow.stop_prompt.user.format(question="What?", partial_answer=answer)
@@ -181,7 +181,7 @@ Q = "What is 3+4?"
 
 def scripted_flow(tiny_recipe, backend_cls, chunks, stop, *overrides, question=Q):
     recipe = tiny_recipe("flow.chunk_size=64", *overrides)
-    tok = tiny_tokenizer()
+    tok = family_tokenizer("chatml")
     prompter = Prompter(tok, recipe.flow, recipe.model.chat_template)
     backend = backend_cls(tok, prompter, {question: chunks}, {question: stop})
     return Flow(backend, prompter, recipe.flow), backend, tok

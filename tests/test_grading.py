@@ -129,7 +129,7 @@ def test_math500_wrong_answers_rejected(math500_rows: list[dict]) -> None:
         ("She pays 3 + 4 = 7.\n#### $1,234", "1234"),
         ("#### 1,234.50 dollars", "1234.5"),
         ("#### -5", "-5"),
-        ("#### 18\n\nQuestion: Tom has 5 apples.\nAnswer: ... #### 5", "18"),  # first ####
+        ("#### 18\n\nQuestion: Tom has 5 apples.\nAnswer: ... #### 5", "5"),  # last statement wins
         ("So she has 5 left. The answer is: 1,234.", "1234"),
         ("The answer is 12.0 apples.", "12"),
         ("The answer is: 3. Then the answer is: 4.", "4"),  # last occurrence
@@ -171,6 +171,124 @@ def test_extract_gsm8k(text: str, expected: str | None) -> None:
 )
 def test_extract_math(text: str, expected: str | None) -> None:
     assert extract_answer(text, "math") == expected
+
+
+# A marker counts only when an answer follows it.
+@pytest.mark.parametrize(
+    ("text", "task", "expected"),
+    [
+        ("#### Step 1: Compute the total\nShe buys 3 + 4 = 7 apples.", "gsm8k", "7"),  # heading, not an answer
+        ("The answer is: 18\n#### Step 2: Check the result\nIt holds.", "gsm8k", "18"),
+        ("#### 1. Setup\n3 + 4 = 7\n#### 2) Sum\nThe total is 9 apples.", "gsm8k", "9"),  # enumerated headings
+        ("#####  3 apples\nSo 12 in all.", "gsm8k", "12"),  # five # is a heading
+        ("####18", "gsm8k", "18"),
+        ("#### $1,200", "gsm8k", "1200"),
+        ("#### 1.5 hours", "gsm8k", "1.5"),
+        ("The answer is: 18\nThe answer is below.", "gsm8k", "18"),
+        ("\\boxed{18}. The answer is that we need 3 more boxes.", "gsm8k", "18"),
+        ("The answer is **18**.", "gsm8k", "18"),
+        ("The answer is \\(18\\).", "gsm8k", "18"),
+        ("\\boxed{3}. The answer is below.", "math", "3"),
+        ("\\boxed{3}. The answer is that we need to add 5 and 3.", "math", "3"),
+        ("\\boxed{3}. The answer is a bit tricky.", "math", "3"),
+        ("Final Answer: The final answer is $7$.\nThe answer is simple: we add.", "math", "7"),
+        ("\\boxed{3} and then \\boxed{}", "math", "3"),  # an empty box is no answer
+        ("The answer is below.", "math", None),
+        ("The answer is: C", "math", "C"),
+        ("The answer is: x = 5.", "math", "x = 5"),
+        ("The answer is: \\text{odd}", "math", "\\text{odd}"),
+        ("The answer is: -\\frac{1}{2}", "math", "-\\frac{1}{2}"),
+    ],
+)
+def test_marker_needs_an_answer(text: str, task: str, expected: str | None) -> None:
+    assert extract_answer(text, task) == expected  # type: ignore[arg-type]
+
+
+# Prose after the final answer is trimmed; periods inside numbers and braces are kept.
+@pytest.mark.parametrize(
+    ("text", "task", "expected"),
+    [
+        ("The answer is: 1/2. I think that is all.", "math", "1/2"),
+        ("The answer is: 1/2. I think that is all.", "gsm8k", "1/2"),
+        ("The answer is: $\\frac{2}{3}$. Let me know if you need 5 more.", "math", "\\frac{2}{3}"),
+        ("The answer is: $\\frac{2}{3}$. Let me know if you need 5 more.", "gsm8k", "2/3"),
+        ("The answer is 5 apples. Then she buys 7 more.", "gsm8k", "5"),
+        ("Final Answer: The final answer is $x=3$. I hope it is correct.", "math", "x=3"),
+        ("Final Answer: The final answer is 12. I hope it is correct. Next: 40 cats.", "gsm8k", "12"),
+        ("#### 1/2. That is all, 9 left.", "gsm8k", "1/2"),
+        ("The answer is: 2.5.", "math", "2.5"),
+        ("The answer is: 2.5. Done in 3 steps.", "gsm8k", "2.5"),
+        ("The answer is: (2, 5]. Done.", "math", "(2, 5]"),
+        ("The answer is: \\{1,2\\}. Done.", "math", "\\{1,2\\}"),
+        ("The answer is: \\text{Mr. Smith}. Done.", "math", "\\text{Mr. Smith}"),
+        ("The answer is: \\frac{1}{2}...", "math", "\\frac{1}{2}"),
+        ("The answer is 1,234,567 dollars. Wow.", "gsm8k", "1234567"),
+        ("The answer is -$5. She owes it.", "gsm8k", "-5"),
+    ],
+)
+def test_prose_after_answer_trimmed(text: str, task: str, expected: str) -> None:
+    assert extract_answer(text, task) == expected  # type: ignore[arg-type]
+
+
+# When a solution states several answers, the last statement wins whatever its marker.
+@pytest.mark.parametrize(
+    ("text", "task", "expected"),
+    [
+        ("So \\boxed{3}.\nWait, I made an error. The answer is: 5", "math", "5"),
+        ("So \\boxed{3}.\nWait, I made an error. The answer is: 5", "gsm8k", "5"),
+        ("The answer is: 3\nRechecking the sum: \\boxed{5}", "math", "5"),
+        ("The answer is: 3\nRechecking the sum: \\boxed{5}", "gsm8k", "5"),
+        ("#### 3\nActually no, I missed 2. The answer is: 5", "gsm8k", "5"),
+        ("The answer is: 3\n#### 5", "gsm8k", "5"),
+        (
+            "\\boxed{3} is wrong.\nFinal Answer: The final answer is $\\frac{5}{2}$. I hope it is correct.",
+            "math",
+            "\\frac{5}{2}",
+        ),
+        ("Final Answer: The final answer is 3.\nOn reflection, \\fbox{4}", "math", "4"),
+        ("\\boxed{3}\nThe answer is: 5\nNo, it is \\boxed{7}.", "math", "7"),
+        ("\\boxed{3}\nThe answer is: 5\nThe answer is below.", "math", "5"),  # the last one with an answer
+    ],
+)
+def test_last_statement_wins(text: str, task: str, expected: str) -> None:
+    assert extract_answer(text, task) == expected  # type: ignore[arg-type]
+
+
+def test_last_statement_grades_correct() -> None:
+    revised = "First \\boxed{3}. Wait, 2 + 3 = 5, not 3.\nThe answer is: 5"
+    assert grade(revised, "5", "math") == Grade(True, "5")
+    assert grade(revised, "#### 5", "gsm8k") == Grade(True, "5")
+    assert grade("#### Step 1: Add\n2 + 3 = 5.\nThe answer is: 5. Hope that helps!", "5", "gsm8k") == Grade(True, "5")
+    assert grade("The answer is: $\\frac{2}{3}$. Let me know!", "\\dfrac{2}{3}", "math") == Grade(True, "\\frac{2}{3}")
+
+
+# Extractions the marker rules must leave as they were.
+@pytest.mark.parametrize(
+    ("text", "task", "expected"),
+    [
+        ("The answer is: 2.5", "gsm8k", "2.5"),
+        ("The answer is: 2.50 dollars.", "gsm8k", "2.5"),
+        ("The answer is: -3.", "gsm8k", "-3"),
+        ("The answer is: \u22123", "gsm8k", "-3"),
+        ("#### 1,000,000", "gsm8k", "1000000"),
+        ("The answer is: 0", "gsm8k", "0"),
+        ("so \\boxed{\\{1,2\\}}.", "math", "\\{1,2\\}"),
+        ("so \\boxed{\\frac{1}{\\sqrt{2}}}. Done.", "math", "\\frac{1}{\\sqrt{2}}"),
+        ("The answer is: \\left( 3, \\frac{\\pi}{2} \\right).", "math", "\\left( 3, \\frac{\\pi}{2} \\right)"),
+        ("The answer is: 0.5.", "math", "0.5"),
+        ("The answer is: -7", "math", "-7"),
+        ("The answer is: 1,000,000.", "math", "1,000,000"),
+    ],
+)
+def test_extraction_unchanged_cases(text: str, task: str, expected: str) -> None:
+    assert extract_answer(text, task) == expected  # type: ignore[arg-type]
+
+
+def test_gold_solutions_with_revisions() -> None:
+    metamath = "We first get \\boxed{4}, but that counts x twice, so x = 2.\nThe answer is: 2"
+    assert gold_answer(metamath, "math") == "2"
+    assert gold_answer("She has 2 + 3 = <<2+3=5>>5 apples.\n#### 5", "gsm8k") == "5"
+    assert gold_answer("The answer is below.\n2 + 3 = 5\nThe answer is: 5", "gsm8k") == "5"
 
 
 # --------------------------------------------------------------------------------------------------

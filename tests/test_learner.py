@@ -15,7 +15,7 @@ from harness.recipe import OnlineConfig
 
 
 def cfg(**kw) -> OnlineConfig:
-    base = {"questions": 1, "lr": 1e-3, "batch_pairs": 1, "micro_batch_pairs": 8, "beta": 1.0}
+    base = {"questions": 1, "lr": 1e-3, "batch_pairs": 1, "beta": 1.0}
     return OnlineConfig(**(base | kw))
 
 
@@ -78,7 +78,7 @@ def test_step_zero_margins_are_exactly_zero_and_loss_is_log2(tiny_peft, spy_marg
     model, tok = tiny_peft()  # LoRA dropout 0.05 is active in the step: B = 0 still makes every delta exactly 0
     pairs = answer_pairs(tok) + stop_pairs(tok)
     n = sum(p.agent == agent for p in pairs)
-    learner = DPOLearner(model, agent, cfg(batch_pairs=n, micro_batch_pairs=2), tok.pad_token_id)
+    learner = DPOLearner(model, agent, cfg(batch_pairs=n), tok.pad_token_id, micro_batch_tokens=100)
     learner.add(pairs)
     stats = learner.step(seed=0)
     assert torch.cat(spy_margins).tolist() == [0.0] * n
@@ -159,7 +159,7 @@ def nan_check(model, learner, pairs, before):
 
 def test_nan_loss_raises_and_does_not_step(tiny_peft, monkeypatch):
     model, tok = tiny_peft()
-    learner = DPOLearner(model, "answer", cfg(batch_pairs=2, micro_batch_pairs=1), tok.pad_token_id)
+    learner = DPOLearner(model, "answer", cfg(batch_pairs=2), tok.pad_token_id, micro_batch_tokens=1)
 
     def nan_loss(*args, **kwargs):
         loss, margin = dpo_loss(*args, **kwargs)
@@ -196,7 +196,7 @@ def test_nan_gradient_with_a_finite_loss_raises_and_does_not_step(tiny_peft, mon
 def test_pairs_queue_until_a_batch_is_full(tiny_peft, spy_margins):
     model, tok = tiny_peft()
     answers, stops = answer_pairs(tok), stop_pairs(tok)
-    learner = DPOLearner(model, "answer", cfg(batch_pairs=2, micro_batch_pairs=1), tok.pad_token_id)
+    learner = DPOLearner(model, "answer", cfg(batch_pairs=2), tok.pad_token_id, micro_batch_tokens=1)
     learner.add(stops)  # pairs of the other agent are not queued
     assert learner.queue == [] and not learner.ready()
     learner.add(answers[:1] + stops[:1])
@@ -212,10 +212,10 @@ def test_pairs_queue_until_a_batch_is_full(tiny_peft, spy_margins):
 
 def test_micro_batches_accumulate_to_the_same_step(tiny_peft, perturb):
     results = []
-    for micro in (1, 3):
+    for tokens in (1, 10_000):  # one pair per micro-batch, then all three in one
         model, tok = tiny_peft(dropout=0.0)
         perturb(model, "answer", seed=4, scale=0.1)
-        learner = DPOLearner(model, "answer", cfg(batch_pairs=3, micro_batch_pairs=micro), tok.pad_token_id)
+        learner = DPOLearner(model, "answer", cfg(batch_pairs=3), tok.pad_token_id, micro_batch_tokens=tokens)
         learner.add(answer_pairs(tok))
         stats = learner.step(seed=0)
         results.append((stats, adapter_state(model, "answer")))
@@ -316,3 +316,64 @@ def test_reference_is_fixed_while_training_uses_dropout(tiny_peft, perturb, refe
         noisy = [completion_logps(model, prompts, completions, tok.pad_token_id) for _ in range(2)]
     torch.testing.assert_close(first, second, rtol=0, atol=0)
     assert not torch.equal(*noisy)  # the policy pass does use dropout: the check above is not vacuous
+
+
+def test_micro_batches_are_bounded_by_padded_tokens():
+    def pair(prompt: int, chosen: int, rejected: int) -> Pair:
+        return Pair("answer", [1] * prompt, [2] * chosen, [3] * rejected)
+
+    pairs = [pair(10, 5, 3), pair(4, 2, 2), pair(30, 1, 40), pair(1, 1, 1), pair(1, 2, 1)]
+    # widths 15, 6, 70, 2, 3: a group costs 2 rows per pair x its longest width
+    groups = learner_mod.micro_batches(pairs, max_tokens=60)
+    assert [[pairs.index(p) for p in g] for g in groups] == [[0, 1], [2], [3, 4]]
+    assert all(2 * len(g) * max(len(p.prompt_ids) + max(len(p.chosen_ids), len(p.rejected_ids)) for p in g) <= 60
+               for g in groups if len(g) > 1)
+    assert [len(g) for g in learner_mod.micro_batches(pairs, max_tokens=1)] == [1] * 5  # too long: alone
+    assert [len(g) for g in learner_mod.micro_batches(pairs, max_tokens=10**6)] == [5]
+
+
+def test_completion_logps_equal_the_full_logits_computation(tiny_peft, perturb):
+    """The head runs on completion positions only, row by row; the sums equal log-softmax over all positions."""
+    model, tok = tiny_peft(dropout=0.0)
+    perturb(model, "answer", seed=1, scale=0.1)
+    model.set_adapter("answer")
+    pairs = answer_pairs(tok) + stop_pairs(tok)
+    prompts, completions = [p.prompt_ids for p in pairs], [p.chosen_ids for p in pairs]
+    with torch.no_grad():
+        got = completion_logps(model, prompts, completions, tok.pad_token_id)
+        want = []
+        for prompt, completion in zip(prompts, completions):
+            logits = model(input_ids=torch.tensor([prompt + completion])).logits[0].float()
+            logps = torch.log_softmax(logits[len(prompt) - 1 : -1], -1)
+            want.append(logps.gather(-1, torch.tensor(completion)[:, None]).sum())
+    torch.testing.assert_close(got, torch.stack(want), rtol=1e-5, atol=1e-5)
+
+
+def test_per_question_updates_step_on_each_questions_pairs(tiny_peft, spy_margins):
+    model, tok = tiny_peft()
+    learner = DPOLearner(model, "answer", cfg(update="per_question", batch_pairs=2), tok.pad_token_id)
+    assert not learner.ready()
+    learner.add(answer_pairs(tok)[:1])
+    assert learner.ready()  # one pair is enough: the question's pairs are learned right away
+    assert learner.step(seed=0)["pairs"] == 1 and not learner.ready()
+    learner.add(answer_pairs(tok))  # three pairs: steps of at most batch_pairs
+    sizes = []
+    while learner.ready():
+        sizes.append(learner.step(seed=1)["pairs"])
+    assert sizes == [2, 1] and learner.steps == 3
+
+
+def test_gradient_checkpointing_gives_the_same_step(tiny_peft, perturb):
+    results = []
+    for checkpointing in (False, True):
+        model, tok = tiny_peft(dropout=0.0)
+        perturb(model, "answer", seed=4, scale=0.1)
+        if checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        learner = DPOLearner(model, "answer", cfg(batch_pairs=3), tok.pad_token_id)
+        learner.add(answer_pairs(tok))
+        results.append((learner.step(seed=0), adapter_state(model, "answer")))
+    (plain, a), (ckpt, b) = results
+    assert plain["loss"] == pytest.approx(ckpt["loss"], rel=1e-6)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)

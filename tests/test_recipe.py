@@ -108,3 +108,41 @@ def test_cli_show_prints_resolved_recipe():
     res = cli("show", "tiny", "online.questions=3")
     assert res.returncode == 0
     assert "questions: 3" in res.stdout and "hash" in res.stdout
+
+
+def test_runtime_is_outside_the_hash_and_a_run_resumes_after_changing_it(tmp_path):
+    import json
+
+    from harness.rundir import RunDir, RunError
+
+    recipe = load_recipe("tiny")
+    tuned = load_recipe("tiny", ["runtime.hf.max_batch=8", "runtime.dpo_micro_batch_tokens=512"])
+    assert recipe.hash() == tuned.hash()
+    assert load_recipe("tiny", ["online.lr=0.5"]).hash() != recipe.hash()
+
+    RunDir(tmp_path).prepare(recipe)  # the object (and its lock) is gone at once, as a crashed process's would be
+    RunDir(tmp_path).prepare(tuned)  # the run goes on with a smaller memory setting
+    prov = json.loads((tmp_path / "provenance.json").read_text())
+    assert prov["runtime"]["hf"]["max_batch"] == 64  # what the run started with
+    [change] = prov["runtime_changes"]
+    assert change["fields"] == ["dpo_micro_batch_tokens", "hf.max_batch"]
+    assert change["runtime"]["hf"]["max_batch"] == 8
+    assert "max_batch: 8" in (tmp_path / "recipe.yaml").read_text()  # the recipe now in force
+    with pytest.raises(RunError, match="fields that differ: online.lr"):
+        RunDir(tmp_path).prepare(load_recipe("tiny", ["online.lr=0.5"]))
+
+
+def test_paper_recipes_follow_the_paper_where_it_is_explicit():
+    for name in ("llama3-8b", "phi3-medium"):
+        r = load_recipe(name)
+        assert r.online.update == "per_question" and r.online.question_batch == 1  # "updating in real-time"
+        assert r.data.compile.limit == 1500  # §3.3: a subset of 1,500 MetaMath prompts
+        assert "candidate solution is correct" in r.flow.stop_prompt.system + r.flow.stop_prompt.user
+        assert r.flow.answer_prompt.system.startswith("You are a helpful math assistant")
+        assert r.eval.max_gen_toks >= r.flow.chunk_size * r.flow.max_chunks
+        assert {t.name: t.metric for t in r.eval.tasks} == {"gsm8k": "exact_match,flexible-extract",
+                                                            "math": "math_verify,none"}
+        assert r.compile.temperature == r.baseline.temperature  # self and Flow traces sampled alike
+        for key in ("online.update", "data.compile", "flow.stop_prompt", "runtime.vllm.gpu_memory_utilization",
+                    "eval.max_gen_toks"):
+            assert key in r.sources, f"{name}: {key} has no source"

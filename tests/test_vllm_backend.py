@@ -44,7 +44,7 @@ def fill_lora_b(model, name: str, seed: int, scale: float = 0.3) -> None:
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     """The tiny base model saved to disk, the same model with two non-zero adapters, and both backends."""
-    model, tok = load_base(ModelConfig(name="tiny", device="cpu", dtype="float32"))
+    model, tok = load_base(ModelConfig(name="tiny", dtype="float32"))
     prompts = [tok.encode(t) for t in TEXTS]
     # Random weights rarely pick EOS: make EOS outscore the most common greedy token, so that EOS
     # handling (stop, `finished`, lengths) is exercised on some prompts and not on others.

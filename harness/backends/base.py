@@ -21,7 +21,8 @@ class Sample:
 class Backend(Protocol):
     """Generation over a base model carrying named adapters ("answer", "stop"; None = the base model)."""
 
-    eos_token_id: int
+    eos_token_ids: list[int]
+    """Every id that ends a generation (the tokenizer's EOS first, then generation_config's others)."""
 
     def generate(
         self,
@@ -49,6 +50,17 @@ class Backend(Protocol):
     def reset_cache(self, adapter: str | None) -> None:
         """Forget the KV kept from earlier calls with this adapter, so that what follows does not depend on them."""
         ...
+
+
+def end_token_ids(tokenizer, model=None) -> list[int]:
+    """The tokenizer's EOS, then every other EOS id of the model's generation_config (Llama-3 ends turns with
+    <|eot_id|>, Phi-3 with <|end|>: both are listed there beside the tokenizer's own EOS)."""
+    ids = [tokenizer.eos_token_id]
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    for extra in configured if isinstance(configured, (list, tuple)) else [configured]:
+        if extra is not None and extra not in ids:
+            ids.append(int(extra))
+    return ids
 
 
 def token_budgets(max_new_tokens: int | list[int], prompts: int) -> list[int]:

@@ -26,7 +26,7 @@ from collections.abc import Iterator
 import torch
 from transformers import DynamicCache, TopPLogitsWarper
 
-from harness.backends.base import Sample, token_budgets, yes_from_logits
+from harness.backends.base import Sample, end_token_ids, token_budgets, yes_from_logits
 from harness.backends.kv_store import KVStore, weights_fingerprint
 from harness.backends.prefix_tree import Packing, pack
 
@@ -44,7 +44,7 @@ class HFBackend:
         """Per adapter, the KV of sequences decoded since the last reset (at most `kv_store_tokens` tokens)."""
         self.kv_store_tokens = kv_store_tokens
         self.pad_token_id = tokenizer.pad_token_id
-        self.eos_token_id = tokenizer.eos_token_id
+        self.eos_token_ids = end_token_ids(tokenizer, model)
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
         self.prefill_tokens = 0
@@ -217,7 +217,7 @@ class HFBackend:
             for row, (seq, t, lp) in enumerate(zip(active, token.tolist(), logprob.tolist())):
                 tokens[seq].append(t)
                 logprobs[seq].append(lp)
-                if t != self.eos_token_id and len(tokens[seq]) < budgets[copies[seq]]:
+                if t not in self.eos_token_ids and len(tokens[seq]) < budgets[copies[seq]]:
                     keep.append(row)
                 elif store.max_tokens:
                     self._keep(store, cache, row, prompts[copies[seq]] + tokens[seq][:-1])
@@ -231,5 +231,5 @@ class HFBackend:
             mask = torch.cat([mask, mask.new_ones((len(active), 1))], dim=1)
             logits = self._step(token, mask, positions, cache)
             positions = positions + 1
-        samples = [Sample(ids, lps, ids[-1] == self.eos_token_id) for ids, lps in zip(tokens, logprobs)]
+        samples = [Sample(ids, lps, ids[-1] in self.eos_token_ids) for ids, lps in zip(tokens, logprobs)]
         return [samples[i * n : (i + 1) * n] for i in range(len(prompts))]

@@ -69,13 +69,15 @@ class VLLMBackend:
         max_lora_rank: int,
         workdir: Path | str,
         seed: int = 0,
+        eos_token_ids: list[int] | None = None,
         **llm_kwargs: Any,
     ) -> None:
         """Start the engine on the base model folder and register the adapters of `adapter_source`.
 
         `model_path` must hold the base weights without LoRA (save them before wrapping with peft: peft
         injects its layers in place) and the tokenizer files (vLLM loads them, though only token ids cross
-        this API). `tokenizer` is the harness tokenizer: its EOS is the one stop token, as in the HF backend.
+        this API). `tokenizer` is the harness tokenizer. `eos_token_ids` are the ids that end a generation (default:
+        the tokenizer's EOS), as in the HF backend.
         `adapter_source` is the peft model carrying the named adapters (None: base model only, LoRA off).
         `workdir` receives the saved adapter versions (superseded ones are deleted).
         `llm_kwargs` go to `vllm.LLM` (e.g. `enforce_eager=True`, `max_model_len=...`) and override the
@@ -84,7 +86,7 @@ class VLLMBackend:
         from vllm import LLM
 
         self.tokenizer = tokenizer
-        self.eos_token_id: int = tokenizer.eos_token_id
+        self.eos_token_ids: list[int] = list(eos_token_ids or [tokenizer.eos_token_id])
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.adapter_source = adapter_source
@@ -176,7 +178,7 @@ class VLLMBackend:
         n: int = 1,
         seed: int = 0,
     ) -> list[list[Sample]]:
-        """`n` continuations per prompt; stops only at the tokenizer's EOS, as the HF backend does."""
+        """`n` continuations per prompt; stops only at `eos_token_ids`, as the HF backend does."""
         from vllm import SamplingParams
 
         if not prompts:
@@ -193,9 +195,9 @@ class VLLMBackend:
                 # vLLM gives child j of a request the seed `seed + j`: space prompts n apart.
                 seed=seed + i * n if sampling else None,
                 logprobs=0,
-                # Also stopping at generation_config's extra EOS ids would differ from HF: EOS only.
+                # vLLM would also stop at ids of its own choosing (generation_config): exactly ours, as in HF.
                 ignore_eos=True,
-                stop_token_ids=[self.eos_token_id],
+                stop_token_ids=self.eos_token_ids,
                 detokenize=False,
                 skip_special_tokens=False,
             )
@@ -207,7 +209,7 @@ class VLLMBackend:
             for completion in sorted(request.outputs, key=lambda c: c.index):
                 tokens = list(completion.token_ids)
                 logprobs = [step[tok].logprob for tok, step in zip(tokens, completion.logprobs or [])]
-                finished = completion.finish_reason == "stop" and bool(tokens) and tokens[-1] == self.eos_token_id
+                finished = completion.finish_reason == "stop" and bool(tokens) and tokens[-1] in self.eos_token_ids
                 samples.append(Sample(tokens, logprobs, finished))
             out.append(samples)
         return out
@@ -236,6 +238,15 @@ class VLLMBackend:
         if engine is not None:
             engine.llm_engine.engine_core.shutdown()
             self.llm = None
+
+    def sleep(self) -> None:
+        """Free the GPU memory of the engine (weights to CPU, KV cache dropped) while the trainer steps."""
+        self.llm.sleep(level=1)
+
+    def wake_up(self) -> None:
+        """Take the GPU memory back; the prefix cache starts empty (its blocks were dropped)."""
+        self.llm.wake_up()
+        self.llm.reset_prefix_cache()
 
     def reset_cache(self, adapter: str | None) -> None:
         """Nothing to do: vLLM's prefix cache is keyed by tokens and LoRA id, so it never serves stale KV (and vLLM

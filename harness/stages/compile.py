@@ -4,7 +4,13 @@ Sets (PAPERS.md §1, compile phase), all as token ids `{id, prompt_ids, completi
   flow          correct traces of the trained Flow (its chunks concatenated, exactly as generated);
   self          correct single-pass answers of the base model (the baseline stage's traces);
   ground_truth  the dataset's solutions (dataset text: the one place text is tokenized into a target).
-SFT is TRL's SFTTrainer on the pre-tokenized sets with the loss on the completion only.
+Every completion ends with EOS, whatever ended its generation (Stop, `max_chunks`, a single pass's budget): an
+SFT model must learn to end its answer. The Flow traces are sampled at `compile.temperature`, the self traces at
+`baseline.temperature` (the report shows both).
+
+SFT is TRL's SFTTrainer on the pre-tokenized sets with the loss on the completion only. The generation engine is
+closed before the first SFT, so its memory is free for the SFT copy. The global batch is exactly
+`batch_size * grad_accum` on one device or many (`accelerate launch`: each of N processes takes batch_size / N).
 """
 
 from __future__ import annotations
@@ -15,9 +21,11 @@ from pathlib import Path
 
 from harness.batches import run_batches
 from harness.data import load_source
-from harness.engine import Engine
+from harness.distributed import is_main, wait_for, world_size
 from harness.flow import Flow
-from harness.recipe import Recipe, SFTConfig
+from harness.models import free_memory
+from harness.pipeline import LazyEngine
+from harness.recipe import Recipe
 from harness.rundir import RunDir, RunError, read_jsonl, write_json, write_jsonl
 from harness.seeds import seed_for
 from harness.stages.online import load_trained_adapters
@@ -25,59 +33,80 @@ from harness.stages.online import load_trained_adapters
 STAGE = "compile"
 
 
-def run_compile(recipe: Recipe, run: RunDir, engine: Engine) -> dict:
+def run_compile(recipe: Recipe, run: RunDir, engine: LazyEngine) -> dict:
     if run.is_done(STAGE):
         return run.summary(STAGE)
     folder = run.stage(STAGE)
     records = load_source(recipe.data.compile).records
-    sets = {}
-    for source in recipe.compile.sources:
-        path = folder / f"sft_{source}.jsonl"
-        if not path.is_file():
-            examples = collect(source, recipe, run, engine, records)
-            write_jsonl(path, examples)
-        sets[source] = read_jsonl(path)
+    if is_main():
+        for source in recipe.compile.sources:
+            path = folder / f"sft_{source}.jsonl"
+            if not path.is_file():
+                write_jsonl(path, collect(source, recipe, run, engine, records))
+        engine.close()
+        write_json(folder / "sets.json", {})  # the marker the other ranks of a distributed launch wait for
+    else:
+        wait_for(folder / "sets.json", "the SFT sets")
+    sets = {source: read_jsonl(folder / f"sft_{source}.jsonl") for source in recipe.compile.sources}
     stats = {source: set_stats(examples, len(records)) for source, examples in sets.items()}
-    write_json(folder / "sets.json", stats)
+    if is_main():
+        write_json(folder / "sets.json", stats)
 
     trained = {}
     for source, examples in sets.items():
         out = folder / f"sft-{source}"
         if not (out / "done.json").is_file():
-            result = sft(engine, examples, recipe.compile.sft, out)
-            write_json(out / "done.json", result)
+            result = sft(recipe, examples, out)
+            if is_main():
+                write_json(out / "done.json", result)
+            else:
+                wait_for(out / "done.json", f"SFT {source}")
         trained[source] = json.loads((out / "done.json").read_text())
-    summary = {"sets": stats, "sft": trained, "prompts": [r.id for r in records]}
-    run.mark_done(STAGE, summary)
+    sampling = {"flow": {"temperature": recipe.compile.temperature, "samples": recipe.compile.flow_samples},
+                "self": {"temperature": recipe.baseline.temperature, "samples": recipe.baseline.samples}}
+    summary = {"sets": stats, "sft": trained, "sampling": sampling, "prompts": [r.id for r in records]}
+    if is_main():
+        run.mark_done(STAGE, summary)
     return summary
 
 
-def collect(source: str, recipe: Recipe, run: RunDir, engine: Engine, records) -> list[dict]:
+def with_eos(ids: list[int], eos: int, ends: list[int]) -> list[int]:
+    """The completion as SFT target: ending with an end id (the one it ended with, else `eos` appended)."""
+    return ids if ids and ids[-1] in ends else [*ids, eos]
+
+
+def collect(source: str, recipe: Recipe, run: RunDir, lazy: LazyEngine, records) -> list[dict]:
     """The correct traces (or solutions) of one source, on the compile prompts."""
+    if source == "self":
+        if not run.is_done("baseline"):
+            raise RunError("compile source `self` needs the baseline stage: run `harness run baseline` first")
+        lines = [line for line in read_jsonl(run.path / "baseline" / "traces.jsonl") if line["correct"]]
+        if not lines:
+            return []
+    engine = lazy.get(run)
+    eos, ends = engine.tokenizer.eos_token_id, engine.backend.eos_token_ids
     if source == "ground_truth":
-        eos = engine.tokenizer.eos_token_id
         return [{"id": r.id, "prompt_ids": engine.prompter.answer_prompt(r.question),
                  "completion_ids": engine.prompter.encode(r.solution) + [eos]}
                 for r in records if r.solution]
     if source == "self":
-        if not run.is_done("baseline"):
-            raise RunError("compile source `self` needs the baseline stage: run `harness run baseline` first")
-        return [{"id": line["id"], "prompt_ids": line["prompt_ids"], "completion_ids": line["answer_ids"],
-                 "chunks": 1} for line in read_jsonl(run.path / "baseline" / "traces.jsonl") if line["correct"]]
+        return [{"id": line["id"], "prompt_ids": line["prompt_ids"],
+                 "completion_ids": with_eos(line["answer_ids"], eos, ends), "chunks": 1} for line in lines]
     load_trained_adapters(run.path / "online", engine.model)
     engine.backend.adapters_updated(["answer", "stop"])
-    flow = Flow(engine.backend, engine.prompter, recipe.flow, "answer", "stop")
-    jobs = [r for r in records for _ in range(recipe.compile.flow_samples)]
+    cfg = recipe.compile
+    flow = Flow(engine.backend, engine.prompter, recipe.flow.model_copy(update={"temperature": cfg.temperature}),
+                "answer", "stop")
+    jobs = [r for r in records for _ in range(cfg.flow_samples)]
 
     def work(number: int, batch) -> list[dict]:
-        traces = flow.run([flow.start(r.question, r.answer, r.task) for r in batch],
-                          seed_for(recipe.online.seed, STAGE, number))
+        traces = flow.run([flow.start(r.question, r.answer, r.task) for r in batch], seed_for(cfg.seed, STAGE, number))
         return [{"id": r.id, "correct": t.correct, "prompt_ids": t.prompt_ids, "completion_ids": t.answer_ids,
                  "chunks": len(t.chunks), "end": t.end} for r, t in zip(batch, traces)]
 
-    lines = run_batches(run.stage(STAGE) / "flow_traces.jsonl", jobs, recipe.baseline.batch_size, work)
-    return [{k: line[k] for k in ("id", "prompt_ids", "completion_ids", "chunks")} for line in lines
-            if line["correct"]]
+    lines = run_batches(run.stage(STAGE) / "flow_traces.jsonl", jobs, cfg.batch_size, work)
+    return [{"id": line["id"], "prompt_ids": line["prompt_ids"], "chunks": line["chunks"],
+             "completion_ids": with_eos(line["completion_ids"], eos, ends)} for line in lines if line["correct"]]
 
 
 def set_stats(examples: list[dict], prompts: int) -> dict:
@@ -91,26 +120,28 @@ def set_stats(examples: list[dict], prompts: int) -> dict:
     }
 
 
-def sft(engine: Engine, examples: list[dict], cfg: SFTConfig, out: Path) -> dict:
+def sft(recipe: Recipe, examples: list[dict], out: Path) -> dict:
     """LoRA SFT of a fresh copy of the base model on one set; saves the adapter in `out/adapter`."""
     from datasets import Dataset
+    from transformers import PrinterCallback
     from trl import SFTConfig as TRLSFTConfig
     from trl import SFTTrainer
 
-    from harness.models import load_base, lora_config
+    from harness.models import load_base, lora_config, resolve_device
 
+    cfg = recipe.compile.sft
     start = time.perf_counter()
     if not examples:
         return {"adapter": None, "examples": 0, "train_loss": None, "seconds": 0.0,
                 "note": "no correct traces: nothing to train on"}
-    base, tokenizer = load_base(engine.recipe.model)
+    base, tokenizer = load_base(recipe.model, recipe.runtime.device)
     rows = [{"input_ids": e["prompt_ids"] + e["completion_ids"],
              "completion_mask": [0] * len(e["prompt_ids"]) + [1] * len(e["completion_ids"])} for e in examples]
     args = TRLSFTConfig(
         output_dir=str(out / "trainer"),
         learning_rate=cfg.lr,
         num_train_epochs=cfg.epochs,
-        per_device_train_batch_size=cfg.batch_size,
+        per_device_train_batch_size=per_device_batch(cfg.batch_size, world_size()),
         gradient_accumulation_steps=cfg.grad_accum,
         warmup_steps=cfg.warmup_ratio,  # a float in [0, 1) is a ratio of total steps in transformers 5
         max_grad_norm=cfg.grad_clip,
@@ -121,14 +152,33 @@ def sft(engine: Engine, examples: list[dict], cfg: SFTConfig, out: Path) -> dict
         logging_steps=1,
         save_strategy="no",
         report_to=[],
-        bf16=engine.recipe.model.dtype == "bfloat16",
-        use_cpu=engine.recipe.model.device == "cpu",
+        bf16=recipe.model.dtype == "bfloat16",
+        use_cpu=resolve_device(recipe.runtime.device).type == "cpu",
+        gradient_checkpointing=recipe.runtime.gradient_checkpointing,
         disable_tqdm=True,
     )
+    if world_size() == 1 and args.device.type == "cuda":
+        # One process seeing several GPUs wraps nn.DataParallel and multiplies the global batch by their count; no
+        # public field turns that off. `args.device` has set `_n_gpu` (to the visible GPU count) by now, so this
+        # sticks: one process trains on one device, several devices go through `accelerate launch`.
+        args._n_gpu = 1
     trainer = SFTTrainer(model=base, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
                          peft_config=lora_config(cfg.lora))
+    trainer.remove_callback(PrinterCallback)  # the step log is kept in done.json, not printed
     result = trainer.train()
-    trainer.model.save_pretrained(out / "adapter")
-    return {"adapter": str(out / "adapter"), "examples": len(examples), "train_loss": result.training_loss,
-            "steps": result.global_step, "seconds": time.perf_counter() - start,
-            "log": trainer.state.log_history}
+    if trainer.accelerator.is_main_process:
+        trainer.model.save_pretrained(out / "adapter")
+    summary = {"adapter": str(out / "adapter"), "examples": len(examples), "train_loss": result.training_loss,
+               "steps": result.global_step, "seconds": time.perf_counter() - start,
+               "global_batch": args.per_device_train_batch_size * world_size() * cfg.grad_accum,
+               "log": trainer.state.log_history}
+    del trainer, base
+    free_memory()
+    return summary
+
+
+def per_device_batch(global_per_step: int, processes: int) -> int:
+    """Examples per device and micro-step so that all devices together take `global_per_step`."""
+    if global_per_step % processes:
+        raise RunError(f"compile.sft.batch_size {global_per_step} cannot be split evenly over {processes} processes")
+    return global_per_step // processes

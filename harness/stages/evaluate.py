@@ -1,5 +1,8 @@
 """Stage `evaluate`: lm-eval on the base model and on every SFT model of the compile stage.
 
+Every model is evaluated from saved weights, the way lm-eval loads them: the base model's folder (or hub id) and,
+for an SFT model, its adapter folder (`peft=` for hf, a LoRA request for vllm). No second in-memory copy is
+made, and the generation engine is closed before this stage, so the evaluating engine has the device to itself.
 The base model is evaluated first; each SFT adapter's per-sample outputs are then checked against it, so an adapter
 that was silently not applied (outputs identical on every sample) stops the run instead of reporting base scores.
 """
@@ -7,37 +10,49 @@ that was silently not applied (outputs identical on every sample) stops the run 
 from __future__ import annotations
 
 import json
+import time
 
+from harness.engine import vllm_engine_kwargs
 from harness.evaluate import check_adapter_applied, evaluate_model
-from harness.models import load_base
+from harness.models import free_memory, saved_model_folder
 from harness.recipe import Recipe
 from harness.rundir import RunDir
 
 STAGE = "evaluate"
 
 
+def engine_args(recipe: Recipe) -> dict:
+    """How lm-eval loads the model: the recipe's dtype, and the runtime's device (hf) or engine settings (vllm)."""
+    if recipe.eval.backend == "vllm":
+        args = vllm_engine_kwargs(recipe)
+        args.pop("enable_sleep_mode", None)
+        return args | {"dtype": recipe.model.dtype, "seed": recipe.online.seed}
+    from harness.models import resolve_device
+
+    return {"dtype": recipe.model.dtype, "device": str(resolve_device(recipe.runtime.device))}
+
+
 def run_evaluate(recipe: Recipe, run: RunDir) -> dict:
     if run.is_done(STAGE):
         return run.summary(STAGE)
     folder = run.stage(STAGE)
+    start = time.perf_counter()
     adapters: dict[str, str | None] = {"base": None}
     if run.is_done("compile"):
         for source, result in run.summary("compile")["sft"].items():
             if result.get("adapter"):
                 adapters[f"sft-{source}"] = result["adapter"]
+    base = saved_model_folder(recipe.model)
     models = {}
     for label, adapter in adapters.items():
         done = folder / label / "records.json"
         if not done.is_file():
-            model, tokenizer = load_base(recipe.model)
-            if adapter is not None:
-                from peft import PeftModel
-
-                model = PeftModel.from_pretrained(model, adapter).eval()
-            evaluate_model(model, tokenizer, recipe.eval, folder, label)
+            evaluate_model(base, base, recipe.eval, folder, label, adapter_path=adapter,
+                           engine_args=engine_args(recipe))
+            free_memory()
         if adapter is not None:
             check_adapter_applied(folder / "base", folder / label)
         models[label] = list(json.loads(done.read_text()).values())
-    summary = {"models": models}
+    summary = {"models": models, "seconds": time.perf_counter() - start}
     run.mark_done(STAGE, summary)
     return summary

@@ -4,7 +4,8 @@ A flat loop, read top to bottom. For each training question, in stream order:
   1. the trained Flow answers it (this is its progressive-validation score: it has not learned from it yet);
      the frozen Flow and the zero-shot single model answer it too, when the recipe asks for those curves;
   2. one rollout from every node of the main chain, all in one batch; pairs where correctness differs;
-  3. each agent's learner queues its pairs and steps whenever a full batch is there;
+  3. each agent's learner queues its pairs and steps: right away on them (`online.update: per_question`, the
+     paper's real-time updates) or whenever a full batch is there (`accumulate`);
   4. one line goes to progress.jsonl; every `checkpoint_every` questions a checkpoint is written.
 Every random draw is seeded from (recipe seed, question index), so a run resumed from a checkpoint repeats the
 lines after it exactly and ends with the same log and adapter weights as a run never killed.
@@ -41,7 +42,9 @@ def run_online(recipe: Recipe, run: RunDir, engine: Engine) -> dict:
     loaded = load_source(recipe.data.train)
     stream = loaded.records[: cfg.questions]
     model = engine.model
-    learners = {a: DPOLearner(model, a, cfg, engine.tokenizer.pad_token_id) for a in cfg.train_agents}
+    learners = {a: DPOLearner(model, a, cfg, engine.tokenizer.pad_token_id, recipe.runtime.dpo_micro_batch_tokens)
+                for a in cfg.train_agents}
+    sleepy = recipe.runtime.vllm.sleep_during_updates and hasattr(engine.backend, "sleep")
     trained = Flow(engine.backend, engine.prompter, recipe.flow, "answer", "stop")
     # LoRA starts at zero (B = 0), so the never-updated Flow is the Flow with adapters disabled.
     frozen = Flow(engine.backend, engine.prompter, recipe.flow, None, None)
@@ -81,13 +84,15 @@ def run_online(recipe: Recipe, run: RunDir, engine: Engine) -> dict:
                                  seed_for(seed, "rollout"))
         rollout_seconds = time.perf_counter() - t0
 
+        if sleepy:
+            engine.backend.sleep()  # frees the engine's GPU memory for the DPO steps
+        updated: set[str] = set()
         for k, (record, main, own) in enumerate(zip(group, mains, branches)):
             index = first + k
             pairs = make_pairs(trained, main, own)
             t0 = time.perf_counter()
             updates = learn(learners, pairs, seed_for(cfg.seed, index), f"question {index} ({record.id})", folder)
-            if updates:
-                engine.backend.adapters_updated(sorted(updates))  # vLLM serves the new weights from the next call
+            updated |= set(updates)
             line = {
                 "index": index,
                 "id": record.id,
@@ -112,6 +117,10 @@ def run_online(recipe: Recipe, run: RunDir, engine: Engine) -> dict:
             with progress.open("a") as fh:
                 fh.write(json.dumps(line) + "\n")
             bar.update(1)
+        if sleepy:
+            engine.backend.wake_up()
+        if updated:  # nothing generates between a group's updates: vLLM serves the new weights from the next group
+            engine.backend.adapters_updated(sorted(updated))
         end = first + len(group)
         if end % cfg.checkpoint_every == 0 or end == len(stream):
             save_checkpoint(folder, model, learners, end)

@@ -1,0 +1,34 @@
+"""Where this process stands in a distributed launch (`accelerate launch`, torchrun): only SFT runs on many.
+
+Rank 0 does everything that writes the run folder (lock, provenance, SFT sets, markers); the other ranks wait for
+what they read from it and join the SFT trainers, which synchronise among themselves.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+
+def world_size() -> int:
+    """Processes of the launch, 1 when not launched by a distributed launcher."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def rank() -> int:
+    """This process's rank, 0 when not launched by a distributed launcher."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def wait_for(path: Path, what: str, timeout_s: float = 7 * 24 * 3600, poll_s: float = 5.0) -> None:
+    """Block a non-main rank until rank 0 has written `path` (SFT sets can take hours to collect at 8B)."""
+    deadline = time.monotonic() + timeout_s
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"rank {rank()}: gave up waiting for {what} ({path})")
+        time.sleep(poll_s)
