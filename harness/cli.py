@@ -219,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides += extra
     from harness.data import DataError
-    from harness.learner import NonFiniteLoss
+    from harness.errors import NonFiniteLoss
     from harness.rundir import RunError
 
     try:

@@ -3,7 +3,8 @@
 It starts what the online stage starts, as the recipe starts it (the training copy on `runtime.device` beside the
 generation engine with the `runtime` settings), then measures what decides whether the run fits and how long it
 takes: free memory per device before and after, one DPO step at the recipe's widest pair with its peak memory,
-decode tokens/s with and without an adapter, and the projected hours of the online stage. Without a CUDA device it
+decode tokens/s at the stage's batch sizes with and without an adapter, and an estimate of the online stage's
+hours. Without a CUDA device it
 says what it would check; with `--rehearse` it runs the same checks on the CPU stand-in (to test them, not to size
 anything).
 """
@@ -23,8 +24,9 @@ CHECKS = [
     "the runtime section's settings), and the memory left afterwards",
     "one DPO step of the widest pair batch the recipe can make ({pairs} pairs of a {prompt}-token prompt and "
     "{chunk}-token completions) with gradient checkpointing {ckpt}, and its peak memory",
-    "decode tokens/s at a batch of {batch} with the base model and with the answer adapter",
-    "the projected hours of the online stage ({questions} questions)",
+    "decode tokens/s at the online stage's batch sizes ({batch}: main chains; {wide}: rollouts) with the answer "
+    "adapter, and with the base model",
+    "an estimate of the online stage's hours ({questions} questions)",
 ]
 QUESTION_TOKENS = 200
 """A long MetaMath question, in tokens (the prompt template comes on top)."""
@@ -40,6 +42,10 @@ class Shape:
     """Most pairs one DPO step takes."""
     tokens_per_question: int
     """Generated tokens per training question, at most: main chain, a rollout to the end from every node, curves."""
+    main_batch: int
+    """Sequences decoded together in the main chains (and curves): one per question of a generation group."""
+    rollout_batch: int
+    """Sequences decoded together in the rollouts: one per node of every main chain of a group."""
 
 
 def recipe_shape(recipe: Recipe, template_tokens: int) -> Shape:
@@ -53,9 +59,10 @@ def recipe_shape(recipe: Recipe, template_tokens: int) -> Shape:
     answer_rollouts = sum(chunks - i for i in range(chunks)) * chunk
     stop_rollouts = sum(chunks - 1 - i for i in range(chunks - 1)) * chunk
     curves = (("frozen" in online.curves) + ("zero_shot" in online.curves)) * chunk * chunks
+    group = online.question_batch
     return Shape(prompt_tokens=template_tokens + QUESTION_TOKENS + chunk * (chunks - 1), pairs_per_step=pairs,
                  tokens_per_question=chunk * chunks + online.rollouts_per_node * (answer_rollouts + stop_rollouts)
-                 + curves)
+                 + curves, main_batch=group, rollout_batch=group * nodes * online.rollouts_per_node)
 
 
 def plan(recipe: Recipe) -> str:
@@ -64,11 +71,8 @@ def plan(recipe: Recipe) -> str:
     lines += [f"  - {check}" for check in CHECKS]
     return "\n".join(lines).format(backend=recipe.backend, pairs=shape.pairs_per_step, prompt=shape.prompt_tokens,
                                    chunk=recipe.flow.chunk_size, ckpt="on" if recipe.runtime.gradient_checkpointing
-                                   else "off", batch=decode_batch(recipe), questions=recipe.online.questions)
-
-
-def decode_batch(recipe: Recipe) -> int:
-    return min(64, recipe.runtime.hf.max_batch) if recipe.backend == "hf" else 64
+                                   else "off", batch=shape.main_batch, wide=shape.rollout_batch,
+                                   questions=recipe.online.questions)
 
 
 def gpu_memory() -> list[dict]:
@@ -86,7 +90,8 @@ def dpo_step(engine, recipe: Recipe, shape: Shape) -> dict:
     from harness.learner import DPOLearner, Pair
 
     gen = torch.Generator().manual_seed(0)
-    vocab = len(engine.tokenizer)
+    vocab = engine.tokenizer.vocab_size
+    device = next(engine.model.parameters()).device  # the training copy's GPU, not vLLM's
     chunk = recipe.flow.chunk_size
 
     def ids(n: int) -> list[int]:
@@ -99,8 +104,8 @@ def dpo_step(engine, recipe: Recipe, shape: Shape) -> dict:
     learner.add([Pair("answer", ids(shape.prompt_tokens), ids(chunk), ids(chunk))
                  for _ in range(shape.pairs_per_step)])
     state = {name: p.detach().clone() for name, p in engine.model.named_parameters() if p.requires_grad}
-    if torch.cuda.is_available():
-        torch.cuda.reset_peak_memory_stats()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
     learner.step(seed=0)
     seconds = time.perf_counter() - start
@@ -108,15 +113,15 @@ def dpo_step(engine, recipe: Recipe, shape: Shape) -> dict:
         for name, p in engine.model.named_parameters():
             if name in state:
                 p.copy_(state[name])
-    peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
+    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
     return {"pairs": shape.pairs_per_step, "prompt_tokens": shape.prompt_tokens, "completion_tokens": chunk,
             "seconds": seconds, "peak_gib": peak}
 
 
-def decode_speed(engine, recipe: Recipe, adapter: str | None) -> float:
-    """Generated tokens per second for a batch of long prompts, every sequence running to its budget."""
+def decode_speed(engine, recipe: Recipe, adapter: str | None, batch: int) -> float:
+    """Generated tokens per second for a batch of question-long prompts, each writing one chunk."""
     gen = torch.Generator().manual_seed(1)
-    batch, tokens = decode_batch(recipe), recipe.flow.chunk_size
+    tokens = recipe.flow.chunk_size
     vocab = engine.tokenizer.vocab_size
     prompts = [torch.randint(vocab, (QUESTION_TOKENS,), generator=gen).tolist() for _ in range(batch)]
     engine.backend.reset_cache(adapter)
@@ -139,18 +144,28 @@ def doctor(recipe: Recipe) -> dict:
     template = len(engine.prompter.stop_prompt("", []))
     shape = recipe_shape(recipe, template)
     report["dpo_step"] = dpo_step(engine, recipe, shape)
-    base = decode_speed(engine, recipe, None)
-    adapted = decode_speed(engine, recipe, "answer")
-    report["decode_tokens_per_second"] = {"base": base, "answer_adapter": adapted}
-    steps = len(recipe.online.train_agents) * recipe.online.questions
-    if recipe.online.update == "accumulate":  # roughly: a step per batch of pairs, pairs ~ nodes per question
-        steps = max(1, steps * (2 * recipe.flow.max_chunks - 1) // recipe.online.batch_pairs)
-    hours = (recipe.online.questions * shape.tokens_per_question / adapted
-             + steps * report["dpo_step"]["seconds"]) / 3600
-    report["projection"] = {"tokens_per_question_at_most": shape.tokens_per_question, "dpo_steps_at_most": steps,
-                            "online_hours_at_most": hours}
+    speed = {"main_chains": decode_speed(engine, recipe, "answer", shape.main_batch),
+             "rollouts": decode_speed(engine, recipe, "answer", shape.rollout_batch),
+             "main_chains_base_model": decode_speed(engine, recipe, None, shape.main_batch)}
+    report["decode_tokens_per_second"] = speed
+    report["projection"] = projection(recipe, shape, speed, report["dpo_step"]["seconds"])
     engine.close()
     return report
+
+
+def projection(recipe: Recipe, shape: Shape, speed: dict, step_seconds: float) -> dict:
+    """Hours of the online stage if every trace ran to `max_chunks` and every node gave a pair: main chains and
+    curves at their batch's speed, rollouts at theirs, and the DPO steps. Prefill, Stop decisions and adapter
+    reloads are left out, and traces usually end earlier, so it is an estimate, not a bound."""
+    online, chunk, chunks = recipe.online, recipe.flow.chunk_size, recipe.flow.max_chunks
+    chains = chunk * chunks * (1 + ("frozen" in online.curves) + ("zero_shot" in online.curves))
+    rollouts = shape.tokens_per_question - chains
+    steps = len(online.train_agents) * online.questions
+    if online.update == "accumulate":  # a step per batch of pairs, a pair per node at most
+        steps = max(1, steps * (2 * chunks - 1) // online.batch_pairs)
+    seconds = online.questions * (chains / speed["main_chains"] + rollouts / speed["rollouts"])
+    return {"tokens_per_question": shape.tokens_per_question, "dpo_steps": steps,
+            "online_hours_estimate": (seconds + steps * step_seconds) / 3600}
 
 
 def render(report: dict) -> str:
@@ -160,13 +175,14 @@ def render(report: dict) -> str:
     rows = [(m["device"] + " free before", f"{m['free_gib']:.1f} of {m['total_gib']:.1f} GiB")
             for m in report["memory_before"]]
     rows += [(m["device"] + " free with engine", f"{m['free_gib']:.1f} GiB") for m in report["memory_with_engine"]]
-    step = report["dpo_step"]
+    step, speed = report["dpo_step"], report["decode_tokens_per_second"]
     rows += [("engine start", f"{report['engine_start_seconds']:.0f} s"),
              ("DPO step", f"{step['pairs']} pairs x ({step['prompt_tokens']} + {step['completion_tokens']}) tokens: "
                           f"{step['seconds']:.1f} s" + (f", peak {step['peak_gib']:.1f} GiB"
                                                         if step["peak_gib"] is not None else "")),
-             ("decode, base model", f"{report['decode_tokens_per_second']['base']:.0f} tokens/s"),
-             ("decode, answer adapter", f"{report['decode_tokens_per_second']['answer_adapter']:.0f} tokens/s"),
-             ("online stage, at most", f"{report['projection']['online_hours_at_most']:.1f} h "
-                                       f"({report['projection']['tokens_per_question_at_most']} tokens per question)")]
+             ("decode, main chains", f"{speed['main_chains']:.0f} tokens/s "
+                                     f"(base model {speed['main_chains_base_model']:.0f})"),
+             ("decode, rollouts", f"{speed['rollouts']:.0f} tokens/s"),
+             ("online stage, estimate", f"{report['projection']['online_hours_estimate']:.2f} h "
+                                        f"({report['projection']['tokens_per_question']} tokens per question)")]
     return tabulate(rows, headers=["check", report["recipe"]])

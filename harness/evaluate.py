@@ -261,11 +261,12 @@ def evaluate_model(
 
 
 def close_lm(lm: Any) -> None:
-    """Stop a vLLM engine now (its GPU memory is needed by the next model), not at garbage collection."""
-    engine = getattr(getattr(lm, "model", None), "llm_engine", None)
-    core = getattr(engine, "engine_core", None)
-    if core is not None:
-        core.shutdown()
+    """Stop lm-eval's vLLM engine now: the next model to evaluate needs its GPU memory."""
+    llm = getattr(lm, "model", None)
+    if hasattr(llm, "llm_engine"):
+        from harness.backends.vllm import shutdown
+
+        shutdown(llm)
 
 
 # ------------------------------------------------------------------------------------------------ guard

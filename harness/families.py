@@ -87,7 +87,7 @@ class Family:
     unk: str | None = None
     pad: str | None = None
     additional: tuple[str, ...] = ()
-    """Specials passed to the tokenizer as additional_special_tokens (chatml only, as models.tiny_tokenizer does)."""
+    """Specials passed to the tokenizer as additional_special_tokens (chatml only: the `tiny` model's layout)."""
     template: str = ""
     generation_eos: tuple[str, ...] = ()
     """Tokens whose ids go in generation_config.eos_token_id, in the real model's order."""

@@ -9,7 +9,8 @@ question's own pairs right after it, at most `batch_pairs` per step; `accumulate
 until `batch_pairs` are there and steps on exactly that many. A step accumulates gradients over micro-batches
 bounded by padded tokens (`runtime.dpo_micro_batch_tokens`), not by pairs, so its memory does not depend on
 how long this step's pairs happen to be. The vocabulary head and the fp32 log-softmax run on completion positions
-only, row by row: a micro-batch holds (completion tokens x vocabulary) logits, not (all tokens x vocabulary).
+only (gathered from every row): a micro-batch holds (completion tokens x vocabulary) logits, not (all tokens x
+vocabulary).
 
 The Stop agent's pairs have one-token completions: chosen = the Yes (or No) token whose continuation ended
 correct, rejected = the other. DPO on them moves log P(Yes) - log P(No) of that prompt, which is exactly what the
@@ -27,6 +28,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
+from harness.errors import NonFiniteLoss
 from harness.models import adapter_state, load_adapter_state
 from harness.recipe import OnlineConfig
 
@@ -43,11 +45,6 @@ class Pair:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-class NonFiniteLoss(RuntimeError):
-    """A NaN or infinite DPO loss: training stops and the last good checkpoint is kept. Resuming replays the same
-    seeded steps, so going past it needs a changed recipe in a new run folder."""
 
 
 def completion_logps(model: torch.nn.Module, prompts: list[list[int]], completions: list[list[int]],
@@ -107,6 +104,11 @@ class DPOLearner:
                  micro_batch_tokens: int = 8192) -> None:
         self.model, self.agent, self.cfg, self.pad_id = model, agent, cfg, pad_id
         self.micro_batch_tokens = micro_batch_tokens
+        config = getattr(model, "config", None)
+        for field in ("final_logit_softcapping", "logit_scale"):  # Gemma-2, Cohere: logits are not head(hidden)
+            if getattr(config, field, None) not in (None, 1, 1.0):
+                raise ValueError(f"the learner reads log-probs as head(hidden state); model config {field} = "
+                                 f"{getattr(config, field)} changes the logits after the head, which it does not do")
         self.params = [p for n, p in model.named_parameters() if "lora_" in n and f".{agent}." in n]
         if not self.params:
             raise ValueError(f"model has no LoRA parameters for adapter {agent!r}")
@@ -128,11 +130,14 @@ class DPOLearner:
     def add(self, pairs: list[Pair]) -> None:
         self.queue += [p for p in pairs if p.agent == self.agent]
 
+    def due_after(self, pairs: list[Pair]) -> bool:
+        """Whether queueing these pairs would make a step due (so the generation engine may sleep for it)."""
+        queued = len(self.queue) + sum(p.agent == self.agent for p in pairs)
+        return queued > 0 if self.cfg.update == "per_question" else queued >= self.cfg.batch_pairs
+
     def ready(self) -> bool:
         """Whether a step is due: any queued pair (`per_question`), or a full batch (`accumulate`)."""
-        if self.cfg.update == "per_question":
-            return bool(self.queue)
-        return len(self.queue) >= self.cfg.batch_pairs
+        return self.due_after([])
 
     def step(self, seed: int) -> dict:
         """One optimizer step on the oldest queued pairs (at most `batch_pairs`); returns loss and margin statistics."""

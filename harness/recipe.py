@@ -293,12 +293,15 @@ class HFRuntime(Section):
 
 
 class RuntimeConfig(Section):
-    """Placement and performance only: none of it changes what is computed beyond float rounding, so it is left out
-    of the recipe hash and a run resumes after it changes (the values used are recorded in provenance)."""
+    """Placement and performance only, left out of the recipe hash: a run resumes after a change here (recorded in
+    provenance). None of it changes what the recipe computes; the HF backend's batch settings and the device do
+    change which random draws its sampling makes (it seeds each batched call), so a run resumed after changing
+    those goes on with other draws. vLLM seeds every request on its own, so there only float rounding differs."""
 
     device: str = "auto"
     """Device of the training copy (and of HF generation): `auto` (cuda when available), `cpu` or `cuda:N`. vLLM
-    generates on the first `tensor_parallel_size` visible GPUs, so `cuda:1` puts training beside it, not on it."""
+    generates on the first `tensor_parallel_size` visible GPUs, so `cuda:1` puts training beside it, not on it.
+    SFT runs after the engine is closed, on the first visible GPU (each rank's own under `accelerate launch`)."""
     dpo_micro_batch_tokens: int = Field(8192, ge=1)
     """Padded tokens per DPO forward/backward (chosen and rejected rows together); a step accumulates gradients
     over as many micro-batches as it needs. A pair longer than this is a micro-batch of its own."""

@@ -515,6 +515,14 @@ def _section_traces(run: Run, out: Path) -> tuple[dict, list[Block]]:
                 rows,
             )
         )
+        sampling = comp.get("sampling")
+        if sampling:
+            data["sft_sampling"] = sampling
+            flow, own = sampling["flow"], sampling["self"]
+            alike = "alike" if flow == own else "differently"
+            blocks.append(("p", f"The Flow and self sets are sampled {alike}: Flow traces at temperature "
+                                f"{flow['temperature']}, {flow['samples']} per prompt; self-generated answers at "
+                                f"temperature {own['temperature']}, {own['samples']} per prompt."))
     else:
         blocks.append(_note("Compile stage has not run: no compile/done.json."))
     if not run.progress:

@@ -333,7 +333,7 @@ def test_micro_batches_are_bounded_by_padded_tokens():
 
 
 def test_completion_logps_equal_the_full_logits_computation(tiny_peft, perturb):
-    """The head runs on completion positions only, row by row; the sums equal log-softmax over all positions."""
+    """The head runs on completion positions only; the sums equal log-softmax over all positions."""
     model, tok = tiny_peft(dropout=0.0)
     perturb(model, "answer", seed=1, scale=0.1)
     model.set_adapter("answer")
@@ -363,17 +363,37 @@ def test_per_question_updates_step_on_each_questions_pairs(tiny_peft, spy_margin
     assert sizes == [2, 1] and learner.steps == 3
 
 
-def test_gradient_checkpointing_gives_the_same_step(tiny_peft, perturb):
+def test_gradient_checkpointing_recomputes_and_gives_the_same_step(tiny_peft, perturb):
     results = []
     for checkpointing in (False, True):
         model, tok = tiny_peft(dropout=0.0)
         perturb(model, "answer", seed=4, scale=0.1)
         if checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        calls: list[int] = []
+        model.get_decoder().layers[0].self_attn.register_forward_hook(lambda *args, seen=calls: seen.append(1))
         learner = DPOLearner(model, "answer", cfg(batch_pairs=3), tok.pad_token_id)
         learner.add(answer_pairs(tok))
-        results.append((learner.step(seed=0), adapter_state(model, "answer")))
-    (plain, a), (ckpt, b) = results
+        results.append((learner.step(seed=0), adapter_state(model, "answer"), len(calls)))
+    (plain, a, plain_calls), (ckpt, b, ckpt_calls) = results
+    assert (plain_calls, ckpt_calls) == (2, 3)  # reference + policy; and the policy's layer again in backward
     assert plain["loss"] == pytest.approx(ckpt["loss"], rel=1e-6)
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
+
+
+def test_due_after_says_whether_new_pairs_make_a_step_due(tiny_peft):
+    model, tok = tiny_peft()
+    pairs = answer_pairs(tok)
+    per_question = DPOLearner(model, "answer", cfg(update="per_question", batch_pairs=2), tok.pad_token_id)
+    assert per_question.due_after(pairs[:1]) and not per_question.due_after(stop_pairs(tok))
+    accumulate = DPOLearner(model, "stop", cfg(batch_pairs=3), tok.pad_token_id)
+    accumulate.add(stop_pairs(tok)[:1])
+    assert not accumulate.due_after(stop_pairs(tok)[:1]) and accumulate.due_after(stop_pairs(tok))
+
+
+def test_models_whose_logits_are_not_the_heads_output_are_refused(tiny_peft):
+    model, tok = tiny_peft()
+    model.config.final_logit_softcapping = 30.0  # Gemma-2 caps its logits after the head
+    with pytest.raises(ValueError, match="final_logit_softcapping"):
+        DPOLearner(model, "answer", cfg(), tok.pad_token_id)

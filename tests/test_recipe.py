@@ -146,3 +146,32 @@ def test_paper_recipes_follow_the_paper_where_it_is_explicit():
         for key in ("online.update", "data.compile", "flow.stop_prompt", "runtime.vllm.gpu_memory_utilization",
                     "eval.max_gen_toks"):
             assert key in r.sources, f"{name}: {key} has no source"
+
+
+def test_metadata_commands_do_not_import_torch():
+    """`list`, `show` and `validate` answer at once: torch, transformers and peft take seconds to import."""
+    code = ("import sys\nfrom harness.cli import main\n"
+            "for argv in (['list'], ['show', 'llama3-8b'], ['validate'], ['show', 'phi3-medium', '--rehearse']):\n"
+            "    assert main(argv) == 0\n"
+            "heavy = sorted(m for m in ('torch', 'transformers', 'peft', 'lm_eval') if m in sys.modules)\n"
+            "assert not heavy, heavy\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+
+
+def test_other_ranks_of_a_distributed_launch_wait_for_rank_0s_run_folder(tmp_path, monkeypatch):
+    import functools
+    import threading
+
+    from harness import rundir
+    from harness.distributed import wait_for
+    from harness.rundir import RunDir
+
+    recipe = load_recipe("tiny")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setattr(rundir, "wait_for", functools.partial(wait_for, poll_s=0.01))
+    writer = threading.Timer(0.2, lambda: (tmp_path / "recipe.yaml").write_text(recipe.to_yaml()))
+    writer.start()
+    RunDir(tmp_path).prepare(recipe)  # returns once rank 0 has written the recipe; writes and locks nothing
+    writer.join()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["recipe.yaml"]

@@ -57,6 +57,11 @@ def _sigmoid(x: float) -> float:
     return e / (1.0 + e)
 
 
+def shutdown(llm: Any) -> None:
+    """Stop a `vllm.LLM`'s engine core (and its process), freeing its GPU memory now, not at garbage collection."""
+    llm.llm_engine.engine_core.shutdown()
+
+
 class VLLMBackend:
     """The Backend protocol over one offline `vllm.LLM`; adapters are LoRA requests, versioned by id."""
 
@@ -234,9 +239,8 @@ class VLLMBackend:
 
     def close(self) -> None:
         """Stop the engine (and its process) now rather than at interpreter exit, when logging is gone."""
-        engine = getattr(self, "llm", None)
-        if engine is not None:
-            engine.llm_engine.engine_core.shutdown()
+        if getattr(self, "llm", None) is not None:
+            shutdown(self.llm)
             self.llm = None
 
     def sleep(self) -> None:

@@ -4,8 +4,9 @@ Sets (PAPERS.md §1, compile phase), all as token ids `{id, prompt_ids, completi
   flow          correct traces of the trained Flow (its chunks concatenated, exactly as generated);
   self          correct single-pass answers of the base model (the baseline stage's traces);
   ground_truth  the dataset's solutions (dataset text: the one place text is tokenized into a target).
-Every completion ends with EOS, whatever ended its generation (Stop, `max_chunks`, a single pass's budget): an
-SFT model must learn to end its answer. The Flow traces are sampled at `compile.temperature`, the self traces at
+Every completion ends with an end id, whatever ended its generation (Stop, `max_chunks`, a single pass's budget):
+the one it was generated with, else the chat template's own end of turn. An SFT model must learn to end its
+answer. The Flow traces are sampled at `compile.temperature`, the self traces at
 `baseline.temperature` (the report shows both).
 
 SFT is TRL's SFTTrainer on the pre-tokenized sets with the loss on the completion only. The generation engine is
@@ -21,9 +22,9 @@ from pathlib import Path
 
 from harness.batches import run_batches
 from harness.data import load_source
-from harness.distributed import is_main, wait_for, world_size
+from harness.distributed import is_main, local_rank, wait_for, world_size
 from harness.flow import Flow
-from harness.models import free_memory
+from harness.models import chat_example, free_memory, resolve_device
 from harness.pipeline import LazyEngine
 from harness.recipe import Recipe
 from harness.rundir import RunDir, RunError, read_jsonl, write_json, write_jsonl
@@ -75,6 +76,14 @@ def with_eos(ids: list[int], eos: int, ends: list[int]) -> list[int]:
     return ids if ids and ids[-1] in ends else [*ids, eos]
 
 
+def target_end_id(recipe: Recipe, tokenizer) -> int:
+    """The id an SFT target ends with: the chat template's own end of turn (Phi-3 <|end|>, not its tokenizer's
+    <|endoftext|>), or the tokenizer's EOS for plain-text prompts."""
+    if not recipe.model.chat_template:
+        return tokenizer.eos_token_id
+    return chat_example(tokenizer, "q", "a")[1][-1]
+
+
 def collect(source: str, recipe: Recipe, run: RunDir, lazy: LazyEngine, records) -> list[dict]:
     """The correct traces (or solutions) of one source, on the compile prompts."""
     if source == "self":
@@ -84,7 +93,7 @@ def collect(source: str, recipe: Recipe, run: RunDir, lazy: LazyEngine, records)
         if not lines:
             return []
     engine = lazy.get(run)
-    eos, ends = engine.tokenizer.eos_token_id, engine.backend.eos_token_ids
+    eos, ends = target_end_id(recipe, engine.tokenizer), engine.backend.eos_token_ids
     if source == "ground_truth":
         return [{"id": r.id, "prompt_ids": engine.prompter.answer_prompt(r.question),
                  "completion_ids": engine.prompter.encode(r.solution) + [eos]}
@@ -127,14 +136,14 @@ def sft(recipe: Recipe, examples: list[dict], out: Path) -> dict:
     from trl import SFTConfig as TRLSFTConfig
     from trl import SFTTrainer
 
-    from harness.models import load_base, lora_config, resolve_device
+    from harness.models import load_base, lora_config
 
     cfg = recipe.compile.sft
     start = time.perf_counter()
     if not examples:
         return {"adapter": None, "examples": 0, "train_loss": None, "seconds": 0.0,
                 "note": "no correct traces: nothing to train on"}
-    base, tokenizer = load_base(recipe.model, recipe.runtime.device)
+    base, tokenizer = load_base(recipe.model, sft_device(recipe))
     rows = [{"input_ids": e["prompt_ids"] + e["completion_ids"],
              "completion_mask": [0] * len(e["prompt_ids"]) + [1] * len(e["completion_ids"])} for e in examples]
     args = TRLSFTConfig(
@@ -153,7 +162,7 @@ def sft(recipe: Recipe, examples: list[dict], out: Path) -> dict:
         save_strategy="no",
         report_to=[],
         bf16=recipe.model.dtype == "bfloat16",
-        use_cpu=resolve_device(recipe.runtime.device).type == "cpu",
+        use_cpu=sft_device(recipe) == "cpu",
         gradient_checkpointing=recipe.runtime.gradient_checkpointing,
         disable_tqdm=True,
     )
@@ -175,6 +184,17 @@ def sft(recipe: Recipe, examples: list[dict], out: Path) -> dict:
     del trainer, base
     free_memory()
     return summary
+
+
+def sft_device(recipe: Recipe) -> str:
+    """Where the SFT copy is loaded: where its trainer runs it (this rank's GPU under a distributed launch, the
+    first visible GPU in one process: the generation engine is closed by then), so copies are never stacked on one
+    device."""
+    import torch
+
+    if resolve_device(recipe.runtime.device).type == "cpu" or not torch.cuda.is_available():
+        return "cpu"
+    return f"cuda:{local_rank()}"
 
 
 def per_device_batch(global_per_step: int, processes: int) -> int:

@@ -84,12 +84,14 @@ def run_online(recipe: Recipe, run: RunDir, engine: Engine) -> dict:
                                  seed_for(seed, "rollout"))
         rollout_seconds = time.perf_counter() - t0
 
-        if sleepy:
+        group_pairs = [make_pairs(trained, main, own) for main, own in zip(mains, branches)]
+        asleep = sleepy and any(learner.due_after([p for pairs in group_pairs for p in pairs])
+                                for learner in learners.values())
+        if asleep:
             engine.backend.sleep()  # frees the engine's GPU memory for the DPO steps
         updated: set[str] = set()
-        for k, (record, main, own) in enumerate(zip(group, mains, branches)):
+        for k, (record, main, own, pairs) in enumerate(zip(group, mains, branches, group_pairs)):
             index = first + k
-            pairs = make_pairs(trained, main, own)
             t0 = time.perf_counter()
             updates = learn(learners, pairs, seed_for(cfg.seed, index), f"question {index} ({record.id})", folder)
             updated |= set(updates)
@@ -117,7 +119,7 @@ def run_online(recipe: Recipe, run: RunDir, engine: Engine) -> dict:
             with progress.open("a") as fh:
                 fh.write(json.dumps(line) + "\n")
             bar.update(1)
-        if sleepy:
+        if asleep:
             engine.backend.wake_up()
         if updated:  # nothing generates between a group's updates: vLLM serves the new weights from the next group
             engine.backend.adapters_updated(sorted(updated))
