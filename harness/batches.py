@@ -11,8 +11,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
-from tqdm.auto import tqdm
-
+from harness.console import Progress, percent
 from harness.rundir import write_jsonl
 
 T = TypeVar("T")
@@ -42,8 +41,8 @@ def run_batches(path: Path, items: Sequence[T], batch_size: int,
     write_jsonl(path, lines)
     done = {line["batch"] for line in lines}
     batches = range(0, len(items), batch_size)
-    with path.open("a") as fh, tqdm(total=len(batches), initial=len(done), desc=path.stem, unit="batch",
-                                    disable=None) as bar:
+    bar = Progress(f"{path.parent.name}/{path.stem}", len(batches), "batch", initial=len(done))
+    with path.open("a") as fh:
         for number, start in enumerate(batches):
             if number in done:
                 continue
@@ -52,5 +51,7 @@ def run_batches(path: Path, items: Sequence[T], batch_size: int,
             fh.write("".join(json.dumps(line) + "\n" for line in new))
             fh.flush()
             lines += new
-            bar.update(1)
+            graded = [line["correct"] for line in lines if "correct" in line]
+            bar.update(1, **({"correct": percent(sum(graded), len(graded))} if graded else {}))
+    bar.close()
     return sorted(lines, key=lambda line: line["batch"])

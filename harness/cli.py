@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from harness.console import configure, say
 from harness.recipe import RecipeError, list_recipes, load_recipe, recipe_path
 
 
@@ -15,12 +16,13 @@ def cmd_list(args: argparse.Namespace) -> int:
     for name in list_recipes():
         try:
             recipe = load_recipe(name)
-            rows.append((name, recipe.model.name, recipe.description.strip().split(". ")[0][:90]))
+            first = recipe.description.strip().split(". ")[0].rstrip(".") + "."
+            rows.append((name, recipe.model.name, first))
         except RecipeError as err:
-            rows.append((name, "INVALID", str(err).splitlines()[0][:90]))
+            rows.append((name, "INVALID", str(err).splitlines()[0]))
     from tabulate import tabulate
 
-    print(tabulate(rows, headers=["recipe", "model", "description"]))
+    print(tabulate(rows, headers=["recipe", "model", "description"], maxcolwidths=[None, None, 64]))
     return 0
 
 
@@ -32,7 +34,7 @@ def resolve_recipe(args: argparse.Namespace):
         from harness.rehearse import describe, rehearsal
 
         recipe, changes = rehearsal(recipe)
-        print(describe(changes), file=sys.stderr)
+        say(describe(changes))
     return recipe
 
 
@@ -69,7 +71,7 @@ def prepare_run(args: argparse.Namespace):
     recipe = resolve_recipe(args)
     run = RunDir(args.run_dir or RunDir.default_path(recipe, "rehearsal" if args.rehearse else None))
     run.prepare(recipe)
-    print(f"run folder: {run.path}", file=sys.stderr)
+    say(f"run folder: {run.path}")
     return recipe, run
 
 
@@ -91,18 +93,24 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    """Write the report, then print it as `--format` (text: a terminal summary; md; json)."""
     from harness.report import write_report
+    from harness.summary import render_report, want_color
 
-    print(write_report(Path(args.run), Path(args.out) if args.out else None))
+    md = write_report(Path(args.run), Path(args.out) if args.out else None)
+    if args.format != "text":  # stdout carries only the document; where it was written goes to stderr
+        print(f"report: {md}", file=sys.stderr)
+    print(render_report(md.parent, args.format, want_color(sys.stdout)), end="")
     return 0
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
+    """Print the comparison as `--format`; exit 1 when a `--fail-below` check fails."""
     from harness.compare import compare, parse_fail_below
 
     text, code = compare([Path(r) for r in args.runs], args.paper, parse_fail_below(args.fail_below or []),
-                         args.paper_model)
-    print(text)
+                         args.paper_model, fmt=args.format)
+    print(text, end="")
     return code
 
 
@@ -140,30 +148,42 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return 0
 
 
+def verbosity(suppress: bool) -> argparse.ArgumentParser:
+    """-q / -v / --debug, accepted before the command and after it (`harness reproduce tiny -q`)."""
+    default = {"default": argparse.SUPPRESS} if suppress else {}
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-q", "--quiet", action="store_true", help="only errors and the final summary", **default)
+    common.add_argument("-v", "--verbose", action="store_true",
+                        help="library output on the console too (it always goes to RUN/logs/)", **default)
+    common.add_argument("--debug", action="store_true", help="show the traceback of an error", **default)
+    return common
+
+
 def build_parser() -> argparse.ArgumentParser:
     from harness.pipeline import STAGES
 
-    parser = argparse.ArgumentParser(prog="harness", description=__doc__)
+    parser = argparse.ArgumentParser(prog="harness", description=__doc__, parents=[verbosity(False)])
     sub = parser.add_subparsers(dest="command", required=True)
+    flags = [verbosity(True)]
 
-    sub.add_parser("list", help="list the recipes in recipes/").set_defaults(func=cmd_list)
+    sub.add_parser("list", parents=flags, help="list the recipes in recipes/").set_defaults(func=cmd_list)
 
-    show = sub.add_parser("show", help="print a resolved recipe and its hash")
+    show = sub.add_parser("show", parents=flags, help="print a resolved recipe and its hash")
     show.add_argument("recipe")
     show.add_argument("--rehearse", action="store_true", help="the recipe as `--rehearse` runs it")
     show.add_argument("overrides", nargs="*", help="key.sub=value")
     show.set_defaults(func=cmd_show)
 
-    validate = sub.add_parser("validate", help="validate recipes (all in recipes/ when none given)")
+    validate = sub.add_parser("validate", parents=flags, help="validate recipes (all in recipes/ when none given)")
     validate.add_argument("recipes", nargs="*")
     validate.set_defaults(func=cmd_validate)
 
-    grade = sub.add_parser("grade", help="grade a jsonl of {prediction, answer} lines")
+    grade = sub.add_parser("grade", parents=flags, help="grade a jsonl of {prediction, answer} lines")
     grade.add_argument("file")
     grade.add_argument("--task", choices=["gsm8k", "math"], required=True)
     grade.set_defaults(func=cmd_grade)
 
-    run = sub.add_parser("run", help="run one stage of the pipeline")
+    run = sub.add_parser("run", parents=flags, help="run one stage of the pipeline")
     run.add_argument("stage", choices=STAGES)
     run.add_argument("recipe")
     run.add_argument("--run-dir")
@@ -171,16 +191,17 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("overrides", nargs="*", help="key.sub=value")
     run.set_defaults(func=cmd_run)
 
-    reproduce = sub.add_parser("reproduce", help="run every stage (finished stages are skipped)")
+    reproduce = sub.add_parser("reproduce", parents=flags, help="run every stage (finished stages are skipped)")
     reproduce.add_argument("recipe")
     reproduce.add_argument("--run-dir")
     reproduce.add_argument("--rehearse", action="store_true", help=REHEARSE_HELP)
     reproduce.add_argument("overrides", nargs="*", help="key.sub=value")
     reproduce.set_defaults(func=cmd_reproduce)
 
-    bench = sub.add_parser("bench", help="benchmarks that print their figures")
+    bench = sub.add_parser("bench", parents=flags, help="benchmarks that print their figures")
     bench_sub = bench.add_subparsers(dest="bench", required=True)
-    flow = bench_sub.add_parser("flow", help="batched Flow engine vs naive generation vs plain batched generate")
+    flow = bench_sub.add_parser("flow", parents=flags,
+                                help="batched Flow engine vs naive generation vs plain batched generate")
     flow.add_argument("--recipe", required=True)
     flow.add_argument("--questions", type=int, default=None,
                       help="questions to run (default: one generation group, online.question_batch)")
@@ -188,24 +209,30 @@ def build_parser() -> argparse.ArgumentParser:
     flow.add_argument("overrides", nargs="*", help="key.sub=value")
     flow.set_defaults(func=cmd_bench)
 
-    doc = sub.add_parser("doctor", help="GPU preflight: memory, engine start, one DPO step, decode speed, hours")
+    doc = sub.add_parser("doctor", parents=flags,
+                         help="GPU preflight: memory, engine start, one DPO step, decode speed, hours")
     doc.add_argument("recipe")
     doc.add_argument("--rehearse", action="store_true", help="run the checks on the CPU stand-in (tests them)")
     doc.add_argument("--json", action="store_true", help="print one JSON object")
     doc.add_argument("overrides", nargs="*", help="key.sub=value")
     doc.set_defaults(func=cmd_doctor)
 
-    report = sub.add_parser("report", help="write RUN/report/ (markdown, HTML, PNGs) from a run folder")
+    report = sub.add_parser("report", parents=flags, help="write RUN/report/ (markdown, HTML, PNGs) from a run folder")
     report.add_argument("run")
     report.add_argument("--out", help="also copy the report here (e.g. reports/NAME)")
+    report.add_argument("--format", choices=["text", "md", "json"], default="text",
+                        help="what to print: a terminal summary (default), report.md or report.json")
     report.set_defaults(func=cmd_report)
 
-    comp = sub.add_parser("compare", help="runs side by side (and a paper's numbers), with significance tests")
+    comp = sub.add_parser("compare", parents=flags,
+                          help="runs side by side (and a paper's numbers), with significance tests")
     comp.add_argument("runs", nargs="+")
     comp.add_argument("--paper", choices=["flow-dpo", "mcts-dpo", "scdpo"])
     comp.add_argument("--paper-model", help="model key in the paper file (default: the first run's recipe)")
     comp.add_argument("--fail-below", action="append", metavar="METRIC=DELTA",
                       help="exit 1 when a later run's METRIC is below the first run's by more than DELTA")
+    comp.add_argument("--format", choices=["text", "md", "json"], default="text",
+                      help="an aligned terminal table (default), markdown tables, or one JSON object")
     comp.set_defaults(func=cmd_compare)
     return parser
 
@@ -222,10 +249,13 @@ def main(argv: list[str] | None = None) -> int:
     from harness.errors import NonFiniteLoss
     from harness.rundir import RunError
 
+    configure(quiet=args.quiet, verbose=args.verbose)
     try:
         return args.func(args)
     except (RecipeError, RunError, DataError, NonFiniteLoss, ValueError, FileNotFoundError) as err:
-        print(f"harness: error: {err}", file=sys.stderr)
+        if args.debug:
+            raise
+        print(f"harness: error: {err} (--debug shows the traceback)", file=sys.stderr)
         return 2
 
 

@@ -18,6 +18,7 @@ import importlib.util
 import json
 import logging
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -222,6 +223,7 @@ def evaluate_model(
     *,
     adapter_path: Path | None = None,
     engine_args: dict | None = None,
+    on_task: Callable[[str], None] | None = None,
 ) -> dict[str, dict]:
     """Run every cfg task with lm-eval on one model; write its outputs under out_dir/label; return records by name.
 
@@ -255,6 +257,8 @@ def evaluate_model(
             raise RuntimeError("lm-eval returned no results (not the rank-0 process)")
         records[task.name] = compact_record(task, cfg, results)
         _write_task_outputs(run_dir / task.name, results)
+        if on_task is not None:
+            on_task(task.name)
     (run_dir / "records.json").write_text(json.dumps(records, indent=2) + "\n", encoding="utf-8")
     close_lm(lm)
     return records

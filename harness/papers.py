@@ -38,7 +38,10 @@ from pydantic import BaseModel, ConfigDict, model_validator
 
 from harness.recipe import read_yaml_mapping, validate_named
 
-PAPERS_DIR = Path(__file__).resolve().parent.parent / "results" / "papers"
+# A wheel ships the paper files inside the package (harness/papers_data/, mapped in pyproject.toml); a checkout
+# has none there, so it reads the top-level results/papers/.
+_PACKAGED_PAPERS = Path(__file__).resolve().parent / "papers_data"
+PAPERS_DIR = _PACKAGED_PAPERS if _PACKAGED_PAPERS.is_dir() else _PACKAGED_PAPERS.parent.parent / "results" / "papers"
 
 
 class PaperError(ValueError):

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
 
-from harness.distributed import world_size
+from harness.console import captured
+from harness.distributed import rank, world_size
 from harness.recipe import Recipe
 from harness.rundir import RunDir, RunError
 
@@ -71,22 +73,33 @@ def run_stage(stage: str, recipe: Recipe, run: RunDir, engine: LazyEngine | None
         raise RunError(f"stage {stage} runs in one process; only compile (its SFTs) runs under a distributed launch")
     if stage != "report" and run.is_done(stage):
         return run.summary(stage)
-    if stage in NO_ENGINE:
-        return stage_function(stage)(recipe, run)
-    engine = engine or LazyEngine(recipe)
-    if stage == "compile":  # needs the engine only for sets not collected yet, and closes it before its SFTs
-        return stage_function(stage)(recipe, run, engine)
-    return stage_function(stage)(recipe, run, engine.get(run))
+    with captured(log_path(run, stage)):
+        if stage in NO_ENGINE:
+            return stage_function(stage)(recipe, run)
+        engine = engine or LazyEngine(recipe)
+        if stage == "compile":  # needs the engine only for sets not collected yet, and closes it before its SFTs
+            return stage_function(stage)(recipe, run, engine)
+        return stage_function(stage)(recipe, run, engine.get(run))
+
+
+def log_path(run: RunDir, stage: str) -> Path:
+    """Where a stage's library output goes (each rank of a distributed launch has its own)."""
+    suffix = f".rank{rank()}" if world_size() > 1 else ""
+    return run.path / "logs" / f"{stage}{suffix}.log"
 
 
 def reproduce(recipe: Recipe, run: RunDir) -> str:
+    """Every stage; the stage table with the report and log paths."""
     engine = LazyEngine(recipe)
     rows = []
     for stage in STAGES:
         start = time.perf_counter()
         skipped = stage != "report" and run.is_done(stage)
         run_stage(stage, recipe, run, engine)
-        rows.append((stage, "skipped (done)" if skipped else "ran", f"{time.perf_counter() - start:.1f}"))
+        log = log_path(run, stage)
+        rows.append((stage, "skipped (done)" if skipped else "ran", f"{time.perf_counter() - start:.1f}",
+                     log.relative_to(run.path) if log.is_file() else ""))
     from tabulate import tabulate
 
-    return f"run folder: {run.path}\n" + tabulate(rows, headers=["stage", "status", "seconds"])
+    table = tabulate(rows, headers=["stage", "status", "seconds", "log"])
+    return f"{table}\nreport: {run.path / 'report' / 'report.md'}\nlogs:   {run.path / 'logs'}"

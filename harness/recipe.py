@@ -15,7 +15,10 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+# A wheel ships the recipes inside the package (harness/recipes/, mapped in pyproject.toml); a checkout has none
+# there, so it reads the top-level recipes/ that its user edits.
+_PACKAGED_RECIPES = Path(__file__).resolve().parent / "recipes"
+RECIPES_DIR = _PACKAGED_RECIPES if _PACKAGED_RECIPES.is_dir() else _PACKAGED_RECIPES.parent.parent / "recipes"
 
 
 class RecipeError(ValueError):
@@ -311,6 +314,9 @@ class RuntimeConfig(Section):
     """vLLM engine settings (generation backend and lm-eval's vllm model)."""
     hf: HFRuntime = Field(default_factory=HFRuntime)
     """HF backend settings."""
+    metrics: list[Literal["tensorboard", "wandb"]] = []
+    """Metric sinks fed from the same records as the run folder's logs (TensorBoard event files under RUN/logs/;
+    W&B in offline mode); each needs its optional extra installed."""
 
 
 class PaperRef(Section):

@@ -53,6 +53,10 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 def git_state() -> dict:
+    if not (REPO_ROOT / "pyproject.toml").is_file():
+        # Installed from a wheel: no checkout, and `git -C site-packages` could name the repository a venv sits in.
+        return {"sha": None, "dirty": None}
+
     def git(*args: str) -> str:
         out = subprocess.run(["git", "-C", str(REPO_ROOT), *args], capture_output=True, text=True, timeout=10)
         return out.stdout.strip() if out.returncode == 0 else ""
@@ -97,8 +101,9 @@ class RunDir:
 
     @classmethod
     def default_path(cls, recipe: Recipe, kind: str | None = None) -> Path:
+        """./results/runs/<recipe>[-kind]-<time> under the cwd: an installed package has no repository to write into."""
         name = f"{recipe.name}-{kind}" if kind else recipe.name
-        return REPO_ROOT / "results" / "runs" / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        return Path.cwd() / "results" / "runs" / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
     def stage(self, name: str) -> Path:
         folder = self.path / name

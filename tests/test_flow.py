@@ -180,7 +180,7 @@ Q = "What is 3+4?"
 
 
 def scripted_flow(tiny_recipe, backend_cls, chunks, stop, *overrides, question=Q):
-    recipe = tiny_recipe("flow.chunk_size=64", *overrides)
+    recipe = tiny_recipe("flow.chunk_size=64", "flow.stop_threshold=0.5", *overrides)  # the scripts' P(Yes) cut
     tok = family_tokenizer("chatml")
     prompter = Prompter(tok, recipe.flow, recipe.model.chat_template)
     backend = backend_cls(tok, prompter, {question: chunks}, {question: stop})

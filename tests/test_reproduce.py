@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -23,7 +24,7 @@ def reproduce(run_dir: Path, *extra: str) -> subprocess.CompletedProcess:
     return res
 
 
-def digest(run_dir: Path, skip: tuple[str, ...] = ("report/", ".lock")) -> dict[str, str]:
+def digest(run_dir: Path, skip: tuple[str, ...] = ("report/", "logs/", ".lock")) -> dict[str, str]:
     """Hashes of every result file (timings stripped from JSON lines, since seconds differ between runs)."""
     out = {}
     for path in sorted(run_dir.rglob("*")):
@@ -42,8 +43,26 @@ def digest(run_dir: Path, skip: tuple[str, ...] = ("report/", ".lock")) -> dict[
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("repro") / "run"
-    reproduce(run_dir)
+    res = reproduce(run_dir)
+    (run_dir.parent / "console.txt").write_text(res.stdout + res.stderr)  # what a user saw, in a pipe
     return run_dir
+
+
+# The harness's own console lines: progress lines of its stages, the stage table, the paths.
+OWN_LINE = re.compile(r"^(run folder: |report: |logs: |stage +status|-+ +-+|(baseline|online|compile|evaluate|report)"
+                      r"( |/)|sft-\w+ )")
+
+
+def test_console_shows_the_harness_and_the_logs_hold_the_libraries(finished):
+    console = (finished.parent / "console.txt").read_text().splitlines()
+    assert 8 <= len(console) <= 30, console
+    assert [line for line in console if not OWN_LINE.match(line)] == []  # no third-party line
+    assert any(line.startswith("online    24/24 questions") or line.startswith("online    8/8 questions")
+               for line in console)
+    logs = {p.name: p.read_text() for p in (finished / "logs").iterdir()}
+    assert set(logs) == {"baseline.log", "online.log", "compile.log", "evaluate.log", "report.log"}
+    assert "generate_until" in logs["evaluate.log"]  # lm-eval's own progress went to the log
+    assert "Building labels" in logs["compile.log"] or "train_runtime" in logs["compile.log"]
 
 
 def test_run_folder_layout(finished):

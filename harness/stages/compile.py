@@ -20,10 +20,14 @@ import json
 import time
 from pathlib import Path
 
+from transformers import TrainerCallback
+
 from harness.batches import run_batches
+from harness.console import Progress
 from harness.data import load_source
 from harness.distributed import is_main, local_rank, wait_for, world_size
 from harness.flow import Flow
+from harness.metrics import open_metrics
 from harness.models import chat_example, free_memory, resolve_device
 from harness.pipeline import LazyEngine
 from harness.recipe import Recipe
@@ -54,6 +58,7 @@ def run_compile(recipe: Recipe, run: RunDir, engine: LazyEngine) -> dict:
         write_json(folder / "sets.json", stats)
 
     trained = {}
+    metrics = open_metrics(recipe, run.path)
     for source, examples in sets.items():
         out = folder / f"sft-{source}"
         if not (out / "done.json").is_file():
@@ -63,6 +68,8 @@ def run_compile(recipe: Recipe, run: RunDir, engine: LazyEngine) -> dict:
             else:
                 wait_for(out / "done.json", f"SFT {source}")
         trained[source] = json.loads((out / "done.json").read_text())
+        metrics.sft(source, trained[source].get("log", []))
+    metrics.close()
     sampling = {"flow": {"temperature": recipe.compile.temperature, "samples": recipe.compile.flow_samples},
                 "self": {"temperature": recipe.baseline.temperature, "samples": recipe.baseline.samples}}
     summary = {"sets": stats, "sft": trained, "sampling": sampling, "prompts": [r.id for r in records]}
@@ -163,7 +170,8 @@ def sft(recipe: Recipe, examples: list[dict], out: Path) -> dict:
         report_to=[],
         bf16=recipe.model.dtype == "bfloat16",
         use_cpu=sft_device(recipe) == "cpu",
-        gradient_checkpointing=recipe.runtime.gradient_checkpointing,
+        # named only when on: transformers 5.23 warns that the name is going (its successor is not in 5.0)
+        **({"gradient_checkpointing": True} if recipe.runtime.gradient_checkpointing else {}),
         disable_tqdm=True,
     )
     if world_size() == 1 and args.device.type == "cuda":
@@ -174,6 +182,7 @@ def sft(recipe: Recipe, examples: list[dict], out: Path) -> dict:
     trainer = SFTTrainer(model=base, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
                          peft_config=lora_config(cfg.lora))
     trainer.remove_callback(PrinterCallback)  # the step log is kept in done.json, not printed
+    trainer.add_callback(ShowProgress(f"sft-{out.name.removeprefix('sft-')}"))
     result = trainer.train()
     if trainer.accelerator.is_main_process:
         trainer.model.save_pretrained(out / "adapter")
@@ -184,6 +193,26 @@ def sft(recipe: Recipe, examples: list[dict], out: Path) -> dict:
     del trainer, base
     free_memory()
     return summary
+
+
+class ShowProgress(TrainerCallback):
+    """The SFT's step and loss on the console's progress display."""
+
+    def __init__(self, desc: str) -> None:
+        self.desc, self.bar = desc, None
+
+    def on_train_begin(self, args, state, control, **kwargs) -> None:
+        if is_main():
+            self.bar = Progress(self.desc, state.max_steps, "step")
+
+    def on_log(self, args, state, control, logs=None, **kwargs) -> None:
+        if self.bar is not None and logs and "loss" in logs:
+            self.bar.update(state.global_step - self.bar.done, loss=f"{logs['loss']:.3f}")
+
+    def on_train_end(self, args, state, control, **kwargs) -> None:
+        if self.bar is not None:
+            self.bar.update(state.global_step - self.bar.done)
+            self.bar.close()
 
 
 def sft_device(recipe: Recipe) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import time
 
+from harness.console import Progress
 from harness.engine import vllm_engine_kwargs
 from harness.evaluate import check_adapter_applied, evaluate_model
 from harness.models import free_memory, saved_model_folder
@@ -44,15 +45,20 @@ def run_evaluate(recipe: Recipe, run: RunDir) -> dict:
                 adapters[f"sft-{source}"] = result["adapter"]
     base = saved_model_folder(recipe.model)
     models = {}
+    tasks = len(recipe.eval.tasks)
+    finished = [label for label in adapters if (folder / label / "records.json").is_file()]
+    shown = Progress("evaluate", len(adapters) * tasks, "task", initial=len(finished) * tasks)
     for label, adapter in adapters.items():
         done = folder / label / "records.json"
         if not done.is_file():
             evaluate_model(base, base, recipe.eval, folder, label, adapter_path=adapter,
-                           engine_args=engine_args(recipe))
+                           engine_args=engine_args(recipe),
+                           on_task=lambda task, label=label: shown.update(1, model=label, task=task))
             free_memory()
         if adapter is not None:
             check_adapter_applied(folder / "base", folder / label)
         models[label] = list(json.loads(done.read_text()).values())
+    shown.close()
     summary = {"models": models, "seconds": time.perf_counter() - start}
     run.mark_done(STAGE, summary)
     return summary

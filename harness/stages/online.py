@@ -19,13 +19,14 @@ import time
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
+from harness.console import Progress, percent
 from harness.data import load_source
 from harness.engine import Engine
 from harness.flow import Flow, FlowStats
 from harness.flow_rollout import make_pairs, new_tokens, rollouts_many, stop_calls
 from harness.learner import DPOLearner, NonFiniteLoss
+from harness.metrics import open_metrics
 from harness.models import adapter_state, load_adapter_state
 from harness.recipe import Recipe
 from harness.rundir import RunDir, RunError, read_jsonl, write_atomic, write_json
@@ -59,7 +60,13 @@ def run_online(recipe: Recipe, run: RunDir, engine: Engine) -> dict:
         raise RunError(f"{progress} has {len(kept)} lines but the checkpoint is at question {start}")
     write_atomic(progress, "".join(raw + "\n" for raw in kept))
 
-    bar = tqdm(total=len(stream), initial=start, desc="online", unit="question", disable=None)
+    seen = [json.loads(raw) for raw in kept]
+    shown = Progress("online", len(stream), "question", initial=start)
+    # A resumed stage replays its kept lines, so its curves read as one never killed (a crash loses only the points
+    # the sink had not flushed, which the resumed stage writes again).
+    metrics = open_metrics(recipe, run.path)
+    for line in seen:
+        metrics.question(line)
     for first in range(start, len(stream), cfg.question_batch):
         group = stream[first : first + cfg.question_batch]
         seed = seed_for(cfg.seed, first)
@@ -118,7 +125,9 @@ def run_online(recipe: Recipe, run: RunDir, engine: Engine) -> dict:
             }
             with progress.open("a") as fh:
                 fh.write(json.dumps(line) + "\n")
-            bar.update(1)
+            seen.append(line)
+            metrics.question(line)
+            shown.update(1, **live_numbers(seen))
         if asleep:
             engine.backend.wake_up()
         if updated:  # nothing generates between a group's updates: vLLM serves the new weights from the next group
@@ -127,7 +136,8 @@ def run_online(recipe: Recipe, run: RunDir, engine: Engine) -> dict:
         if end % cfg.checkpoint_every == 0 or end == len(stream):
             save_checkpoint(folder, model, learners, end)
 
-    bar.close()
+    shown.close()
+    metrics.close()
     adapters = folder / "adapters"
     for name in ("answer", "stop"):
         model.save_pretrained(adapters, selected_adapters=[name])
@@ -150,6 +160,24 @@ def learn(learners: dict[str, DPOLearner], pairs: list, seed: int, where: str, f
                                     "(resuming replays the same steps: change the recipe in a new run folder)"
                                     ) from err
     return updates
+
+
+def live_numbers(lines: list[dict]) -> dict[str, str]:
+    """What the progress display shows: running accuracy of each curve, pairs per agent, the last DPO loss and the
+    generation speed."""
+    numbers = {}
+    for key, name in (("correct_before", "trained"), ("frozen_correct", "frozen"), ("zero_shot_correct", "0-shot")):
+        marks = [line[key] for line in lines if key in line]
+        if marks:
+            numbers[name] = percent(sum(marks), len(marks))
+    numbers["pairs"] = "/".join(str(sum(line["pairs"][a] for line in lines)) for a in ("answer", "stop"))
+    losses = [step["loss"] for line in lines for steps in line["updates"].values() for step in steps]
+    if losses:
+        numbers["loss"] = f"{losses[-1]:.3f}"
+    seconds = sum(line["generate_seconds"] + line["rollout_seconds"] for line in lines)
+    if seconds:
+        numbers["tok/s"] = f"{sum(line['tokens'] for line in lines) / seconds:.0f}"
+    return numbers
 
 
 def summarize(lines: list[dict]) -> dict:
