@@ -845,7 +845,8 @@ def _plot_table1(data: dict, path: Path) -> None:
             )
     ax.set_xticks([i + width * (len(rows) - 1) / 2 for i in range(len(tasks))], tasks)
     ax.set_ylabel("accuracy (%)")
-    ax.set_title("Measured (bars, 95% CI) vs paper (black marks)")
+    with_paper = data.get("paper") is not None
+    ax.set_title("Measured (bars, 95% CI)" + (" vs paper (black marks)" if with_paper else ""))
     ax.legend(fontsize=7)
     _save(fig, path)
 
