@@ -14,7 +14,8 @@ from __future__ import annotations
 import importlib.util
 from typing import Any
 
-from harness.recipe import Recipe
+from harness.evaluate import HARNESS_TASKS
+from harness.recipe import Recipe, RecipeError
 
 QUESTIONS = 8
 """Training questions of a rehearsal."""
@@ -89,7 +90,11 @@ def rehearsal(recipe: Recipe, with_vllm: bool | None = None) -> tuple[Recipe, li
     put("flow.chunk_size", min(data["flow"]["chunk_size"], CHUNK_TOKENS))
     put("compile.sft.lr", max(data["compile"]["sft"]["lr"], SFT_LR))
     for i, task in enumerate(data["eval"]["tasks"]):
-        put(f"eval.tasks.{i}.lm_eval_task", BUNDLED_TASKS.get(task["lm_eval_task"], task["lm_eval_task"]))
+        name = task["lm_eval_task"]
+        if name not in BUNDLED_TASKS and name not in HARNESS_TASKS:
+            raise RecipeError(f"eval.tasks.{i}.lm_eval_task: {name!r} reads its data from the hub and has no bundled "
+                              f"stand-in to rehearse with (stand-ins exist for {', '.join(sorted(BUNDLED_TASKS))})")
+        put(f"eval.tasks.{i}.lm_eval_task", BUNDLED_TASKS.get(name, name))
         put(f"eval.tasks.{i}.limit", min(task["limit"] or EVAL_LIMIT, EVAL_LIMIT))
     if not with_vllm:
         put("backend", "hf")

@@ -12,7 +12,7 @@ import torch
 
 from harness.cli import main as cli_main
 from harness.families import generation_eos_ids
-from harness.recipe import list_recipes, load_recipe
+from harness.recipe import RecipeError, list_recipes, load_recipe
 from harness.rehearse import BUNDLED_TASKS, rehearsal
 from harness.rundir import read_jsonl
 
@@ -60,6 +60,12 @@ def test_paper_models_get_their_family_and_vllm_stays_where_installed():
     assert llama.runtime.vllm.enforce_eager and not llama.runtime.vllm.sleep_during_updates
     assert phi.model.tiny.family == "phi3"
     assert BUNDLED_TASKS["minerva_math"] == "harness_math500"  # the Minerva prompt, exact_match and math_verify
+
+
+def test_a_hub_task_without_a_bundled_stand_in_is_refused_up_front():
+    recipe = load_recipe("llama3-8b", ["eval.tasks.1.lm_eval_task=hendrycks_math"])
+    with pytest.raises(RecipeError, match="eval.tasks.1.lm_eval_task: 'hendrycks_math' reads its data from the hub"):
+        rehearsal(recipe)
 
 
 @pytest.fixture(scope="module")
