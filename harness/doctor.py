@@ -30,6 +30,8 @@ CHECKS = [
 ]
 QUESTION_TOKENS = 200
 """A long MetaMath question, in tokens (the prompt template comes on top)."""
+TEMPLATE_TOKENS = 100
+"""The Stop prompt's template, in tokens, where no tokenizer is loaded (the CPU plan); measured on a GPU."""
 
 
 @dataclass
@@ -66,7 +68,7 @@ def recipe_shape(recipe: Recipe, template_tokens: int) -> Shape:
 
 
 def plan(recipe: Recipe) -> str:
-    shape = recipe_shape(recipe, template_tokens=100)
+    shape = recipe_shape(recipe, template_tokens=TEMPLATE_TOKENS)
     lines = [f"harness doctor {recipe.name}: no CUDA device here, so nothing is measured. On a GPU it checks:"]
     lines += [f"  - {check}" for check in CHECKS]
     return "\n".join(lines).format(backend=recipe.backend, pairs=shape.pairs_per_step, prompt=shape.prompt_tokens,

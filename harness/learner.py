@@ -1,8 +1,9 @@
 """DPO on token-id pairs for one named adapter of a multi-adapter peft model.
 
 Written by hand because TRL's DPOTrainer re-tokenizes text pairs, appends EOS to every completion (wrong for a
-mid-solution chunk) and cannot train one of several named adapters with the reference = adapters disabled
-(FIELD-NOTES). The loss is TRL's sigmoid DPO loss, with conservative-DPO label smoothing as an option.
+mid-solution chunk) and, with adapters named other than `default` and `ref_model=None`, fails (`KeyError:
+'default'`) instead of training one of several named adapters against the adapters-disabled reference (TRL 1.16).
+The loss is TRL's sigmoid DPO loss, with conservative-DPO label smoothing as an option.
 
 When an agent steps (`online.update`): `per_question` (the paper's "updating models in real-time") steps on each
 question's own pairs right after it, at most `batch_pairs` per step; `accumulate` queues pairs across questions

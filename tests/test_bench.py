@@ -47,7 +47,7 @@ def test_bench_cli_prints_one_json_object(warm_tiny, env_for_subprocess):
     assert res.returncode == 0, res.stderr[-2000:]
     out = json.loads(res.stdout)
     assert out["questions"] == 2
-    # the figures issue #3 names, all present and numbers
+    # the bench's headline figures, all present and numbers
     for key in ("engine_tokens_per_s", "naive_tokens_per_s", "speedup", "ceiling_tokens_per_s", "ceiling_fraction"):
         assert isinstance(out[key], float), key
     assert set(out["phase_seconds"]) == {"main_chain", "rollouts", "answer_generation", "stop_decisions"}

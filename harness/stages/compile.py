@@ -1,6 +1,6 @@
 """Stage `compile`: three SFT sets on the same compile prompts, and one LoRA SFT of the base model per set.
 
-Sets (PAPERS.md §1, compile phase), all as token ids `{id, prompt_ids, completion_ids}`:
+Sets (Flow-DPO, arXiv 2410.22304 §3.3, the compile phase), all as token ids `{id, prompt_ids, completion_ids}`:
   flow          correct traces of the trained Flow (its chunks concatenated, exactly as generated);
   self          correct single-pass answers of the base model (the baseline stage's traces);
   ground_truth  the dataset's solutions (dataset text: the one place text is tokenized into a target).
@@ -49,9 +49,8 @@ def run_compile(recipe: Recipe, run: RunDir, engine: LazyEngine) -> dict:
             if not path.is_file():
                 write_jsonl(path, collect(source, recipe, run, engine, records))
         engine.close()
-        write_json(folder / "sets.json", {})  # the marker the other ranks of a distributed launch wait for
     else:
-        wait_for(folder / "sets.json", "the SFT sets")
+        wait_for(folder / "sets.json", "the SFT sets")  # written once every set is
     sets = {source: read_jsonl(folder / f"sft_{source}.jsonl") for source in recipe.compile.sources}
     stats = {source: set_stats(examples, len(records)) for source, examples in sets.items()}
     if is_main():
