@@ -16,20 +16,25 @@ from __future__ import annotations
 import time
 
 from harness.data import load_source
-from harness.engine import Engine
-from harness.flow import Flow
-from harness.flow_rollout import nodes, rollouts_many
-from harness.recipe import Recipe
+from harness.generation.engine import Engine
+from harness.recipe import Recipe, RecipeError
 from harness.seeds import seed_for
+from harness.strategies.answers import one_pass
+from harness.strategies.flow import Flow
+from harness.strategies.flow_dpo import nodes, rollouts_many
+from harness.strategies.flow_dpo_config import FlowDPOConfig
 
 
 def bench_flow(recipe: Recipe, questions: int) -> dict:
+    if not isinstance(recipe.strategy, FlowDPOConfig):
+        raise RecipeError(f"harness bench flow measures the Flow: recipe {recipe.name} runs {recipe.strategy.name}")
     engine = Engine(recipe)
     records = load_source(recipe.data.train).records[:questions]
-    cfg = recipe.online
-    engine.single_pass(records[:1], 0.0, 0)  # warm-up: first-call allocations are not the engine's cost
+    cfg, flow_cfg = recipe.online, recipe.strategy
+    # warm-up: first-call allocations are not the engine's cost
+    one_pass(engine.backend, engine.prompter, records[:1], None, engine.base_answer_budget(), 0.0, 1.0, 0)
 
-    flow = Flow(engine.backend, engine.prompter, recipe.flow)
+    flow = Flow(engine.backend, engine.prompter, flow_cfg)
     prefill, cached = engine.backend.prefill_tokens, engine.backend.cached_tokens
     start = time.perf_counter()
     main_seconds, batch_sizes, engine_tokens = 0.0, [], 0
@@ -38,7 +43,7 @@ def bench_flow(recipe: Recipe, questions: int) -> dict:
         t0 = time.perf_counter()
         mains = flow.run([flow.start(r.question, r.answer, r.task) for r in group], seed_for(cfg.seed, first))
         main_seconds += time.perf_counter() - t0
-        branches = rollouts_many(flow, mains, cfg.rollouts_per_node, cfg.max_resample_tries,
+        branches = rollouts_many(flow, mains, flow_cfg.rollouts_per_node, flow_cfg.max_resample_tries,
                                  seed_for(cfg.seed, first, "r"))
         batch_sizes.append(sum(map(len, branches)))
         engine_tokens += sum(kept_tokens(m, b) for m, b in zip(mains, branches))
@@ -48,12 +53,12 @@ def bench_flow(recipe: Recipe, questions: int) -> dict:
 
     # The naive reference writes chunk by chunk (re-encoding the prefix every chunk), one sequence at a time.
     naive_tokens = 0
-    naive = Flow(NoReuse(engine.backend), engine.prompter, recipe.flow.model_copy(update={"speculative": False}))
+    naive = Flow(NoReuse(engine.backend), engine.prompter, flow_cfg.model_copy(update={"speculative": False}))
     start = time.perf_counter()
     for index, record in enumerate(records):
         main = naive.run([naive.start(record.question, record.answer, record.task)], seed_for(cfg.seed, index))[0]
-        branches = [(node, naive.branch(main, node, cfg.max_resample_tries)) for node in nodes(main)
-                    for _ in range(cfg.rollouts_per_node)]
+        branches = [(node, naive.branch(main, node, flow_cfg.max_resample_tries)) for node in nodes(main)
+                    for _ in range(flow_cfg.rollouts_per_node)]
         for k, (_, alt) in enumerate(branches):  # one sequence at a time
             naive.run([alt], seed_for(cfg.seed, index, "naive", k))
         naive_tokens += kept_tokens(main, branches)
@@ -65,8 +70,8 @@ def bench_flow(recipe: Recipe, questions: int) -> dict:
     prompts = prompts[:batch]
     engine.backend.reset_cache("answer")  # plain generation: no KV kept from the engine's calls
     start = time.perf_counter()
-    samples = engine.backend.generate(prompts, "answer", recipe.flow.chunk_size * recipe.flow.max_chunks,
-                                      recipe.flow.temperature, recipe.flow.top_p, seed=1)
+    samples = engine.backend.generate(prompts, "answer", flow_cfg.answer_budget(), flow_cfg.temperature,
+                                      flow_cfg.top_p, seed=1)
     ceiling_seconds = time.perf_counter() - start
     ceiling_tokens = sum(len(s[0].token_ids) for s in samples)
 
@@ -111,9 +116,9 @@ class NoReuse:
         self.inner.reset_cache(adapter)
         return self.inner.generate(prompts, adapter, *args, **kwargs)
 
-    def yes_probability(self, prompts, adapter, *args, **kwargs):
+    def next_token_logprobs(self, prompts, adapter, token_ids):
         self.inner.reset_cache(adapter)
-        return self.inner.yes_probability(prompts, adapter, *args, **kwargs)
+        return self.inner.next_token_logprobs(prompts, adapter, token_ids)
 
     def reset_cache(self, adapter) -> None:
         self.inner.reset_cache(adapter)

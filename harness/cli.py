@@ -59,7 +59,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_grade(args: argparse.Namespace) -> int:
-    from harness.grading import grade_file
+    from harness.evaluation.grading import grade_file
 
     print(json.dumps(grade_file(args.file, args.task)))
     return 0
@@ -94,8 +94,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """Write the report, then print it as `--format` (text: a terminal summary; md; json)."""
-    from harness.report import write_report
-    from harness.summary import render_report, want_color
+    from harness.reporting.report import write_report
+    from harness.reporting.summary import render_report, want_color
 
     md = write_report(Path(args.run), Path(args.out) if args.out else None)
     if args.format != "text":  # stdout carries only the document; where it was written goes to stderr
@@ -106,7 +106,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     """Print the comparison as `--format`; exit 1 when a `--fail-below` check fails."""
-    from harness.compare import compare, parse_fail_below
+    from harness.reporting.compare import compare, parse_fail_below
 
     text, code = compare([Path(r) for r in args.runs], args.paper, parse_fail_below(args.fail_below or []),
                          args.paper_model, fmt=args.format)

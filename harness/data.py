@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.grading import gold_answer
+from harness.evaluation.grading import gold_answer
 from harness.recipe import DataSource
 
 BUNDLED_DIR = Path(__file__).resolve().parent / "bundled"

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
-from harness.recipe import Recipe
+from harness.recipe import Recipe, RecipeError
+from harness.strategies.flow_dpo_config import FlowDPOConfig
 
 CHECKS = [
     "free memory on every visible GPU",
@@ -50,21 +51,28 @@ class Shape:
     """Sequences decoded together in the rollouts: one per node of every main chain of a group."""
 
 
+def flow_settings(recipe: Recipe) -> FlowDPOConfig:
+    """The recipe's Flow: the doctor sizes Flow-DPO runs (its shapes are the Flow's chunks and nodes)."""
+    if not isinstance(recipe.strategy, FlowDPOConfig):
+        raise RecipeError(f"harness doctor sizes Flow-DPO recipes; {recipe.name} runs {recipe.strategy.name}")
+    return recipe.strategy
+
+
 def recipe_shape(recipe: Recipe, template_tokens: int) -> Shape:
-    flow, online = recipe.flow, recipe.online
+    flow, online, dpo = flow_settings(recipe), recipe.online, recipe.online.dpo
     chunk, chunks = flow.chunk_size, flow.max_chunks
     nodes = 2 * chunks - 1  # answer nodes and the stop decisions between them
-    if online.update == "per_question":
-        pairs = min(online.batch_pairs, nodes * online.rollouts_per_node)
+    if dpo.update == "per_question":
+        pairs = min(dpo.batch_pairs, nodes * flow.rollouts_per_node)
     else:
-        pairs = online.batch_pairs
+        pairs = dpo.batch_pairs
     answer_rollouts = sum(chunks - i for i in range(chunks)) * chunk
     stop_rollouts = sum(chunks - 1 - i for i in range(chunks - 1)) * chunk
     curves = (("frozen" in online.curves) + ("zero_shot" in online.curves)) * chunk * chunks
     group = online.question_batch
     return Shape(prompt_tokens=template_tokens + QUESTION_TOKENS + chunk * (chunks - 1), pairs_per_step=pairs,
-                 tokens_per_question=chunk * chunks + online.rollouts_per_node * (answer_rollouts + stop_rollouts)
-                 + curves, main_batch=group, rollout_batch=group * nodes * online.rollouts_per_node)
+                 tokens_per_question=chunk * chunks + flow.rollouts_per_node * (answer_rollouts + stop_rollouts)
+                 + curves, main_batch=group, rollout_batch=group * nodes * flow.rollouts_per_node)
 
 
 def plan(recipe: Recipe) -> str:
@@ -72,8 +80,9 @@ def plan(recipe: Recipe) -> str:
     lines = [f"harness doctor {recipe.name}: no CUDA device here, so nothing is measured. On a GPU it checks:"]
     lines += [f"  - {check}" for check in CHECKS]
     return "\n".join(lines).format(backend=recipe.backend, pairs=shape.pairs_per_step, prompt=shape.prompt_tokens,
-                                   chunk=recipe.flow.chunk_size, ckpt="on" if recipe.runtime.gradient_checkpointing
-                                   else "off", batch=shape.main_batch, wide=shape.rollout_batch,
+                                   chunk=flow_settings(recipe).chunk_size,
+                                   ckpt="on" if recipe.runtime.gradient_checkpointing else "off",
+                                   batch=shape.main_batch, wide=shape.rollout_batch,
                                    questions=recipe.online.questions)
 
 
@@ -89,20 +98,19 @@ def gpu_memory() -> list[dict]:
 
 def dpo_step(engine, recipe: Recipe, shape: Shape) -> dict:
     """One optimizer step of the widest pair batch, on random ids, with the recipe's learner settings."""
-    from harness.learner import DPOLearner, Pair
+    from harness.training.learner import DPOLearner, Pair
 
     gen = torch.Generator().manual_seed(0)
     vocab = engine.tokenizer.vocab_size
     device = next(engine.model.parameters()).device  # the training copy's GPU, not vLLM's
-    chunk = recipe.flow.chunk_size
+    chunk = flow_settings(recipe).chunk_size
 
     def ids(n: int) -> list[int]:
         return torch.randint(vocab, (n,), generator=gen).tolist()
 
-    learner = DPOLearner(engine.model, "answer", recipe.online.model_copy(update={"update": "accumulate",
-                                                                                   "batch_pairs":
-                                                                                   shape.pairs_per_step}),
-                         engine.tokenizer.pad_token_id, recipe.runtime.dpo_micro_batch_tokens)
+    settings = recipe.online.dpo.model_copy(update={"update": "accumulate", "batch_pairs": shape.pairs_per_step})
+    learner = DPOLearner(engine.model, "answer", settings, engine.tokenizer.pad_token_id,
+                         recipe.runtime.dpo_micro_batch_tokens)
     learner.add([Pair("answer", ids(shape.prompt_tokens), ids(chunk), ids(chunk))
                  for _ in range(shape.pairs_per_step)])
     state = {name: p.detach().clone() for name, p in engine.model.named_parameters() if p.requires_grad}
@@ -123,19 +131,19 @@ def dpo_step(engine, recipe: Recipe, shape: Shape) -> dict:
 def decode_speed(engine, recipe: Recipe, adapter: str | None, batch: int) -> float:
     """Generated tokens per second for a batch of question-long prompts, each writing one chunk."""
     gen = torch.Generator().manual_seed(1)
-    tokens = recipe.flow.chunk_size
+    tokens = flow_settings(recipe).chunk_size
     vocab = engine.tokenizer.vocab_size
     prompts = [torch.randint(vocab, (QUESTION_TOKENS,), generator=gen).tolist() for _ in range(batch)]
     engine.backend.reset_cache(adapter)
     start = time.perf_counter()
-    samples = engine.backend.generate(prompts, adapter, tokens, recipe.flow.temperature, seed=0)
+    samples = engine.backend.generate(prompts, adapter, tokens, recipe.strategy.temperature, seed=0)
     made = sum(len(s.token_ids) for row in samples for s in row)
     return made / (time.perf_counter() - start)
 
 
 def doctor(recipe: Recipe) -> dict:
     """Every check, as figures (GiB, seconds, tokens/s, hours)."""
-    from harness.engine import Engine
+    from harness.generation.engine import Engine
 
     report: dict = {"recipe": recipe.name, "backend": recipe.backend, "runtime": recipe.runtime.model_dump()}
     report["memory_before"] = gpu_memory()
@@ -143,7 +151,7 @@ def doctor(recipe: Recipe) -> dict:
     engine = Engine(recipe)
     report["engine_start_seconds"] = time.perf_counter() - start
     report["memory_with_engine"] = gpu_memory()
-    template = len(engine.prompter.stop_prompt("", []))
+    template = len(engine.prompter.spliced(flow_settings(recipe).stop_prompt, [], question=""))
     shape = recipe_shape(recipe, template)
     report["dpo_step"] = dpo_step(engine, recipe, shape)
     speed = {"main_chains": decode_speed(engine, recipe, "answer", shape.main_batch),
@@ -159,12 +167,13 @@ def projection(recipe: Recipe, shape: Shape, speed: dict, step_seconds: float) -
     """Hours of the online stage if every trace ran to `max_chunks` and every node gave a pair: main chains and
     curves at their batch's speed, rollouts at theirs, and the DPO steps. Prefill, Stop decisions and adapter
     reloads are left out, and traces usually end earlier, so it is an estimate, not a bound."""
-    online, chunk, chunks = recipe.online, recipe.flow.chunk_size, recipe.flow.max_chunks
+    online, dpo, flow = recipe.online, recipe.online.dpo, flow_settings(recipe)
+    chunk, chunks = flow.chunk_size, flow.max_chunks
     chains = chunk * chunks * (1 + ("frozen" in online.curves) + ("zero_shot" in online.curves))
     rollouts = shape.tokens_per_question - chains
-    steps = len(online.train_agents) * online.questions
-    if online.update == "accumulate":  # a step per batch of pairs, a pair per node at most
-        steps = max(1, steps * (2 * chunks - 1) // online.batch_pairs)
+    steps = len(online.train_agents()) * online.questions
+    if dpo.update != "per_question":  # a step per batch of pairs, a pair per node at most
+        steps = max(1, steps * (2 * chunks - 1) // dpo.batch_pairs)
     seconds = online.questions * (chains / speed["main_chains"] + rollouts / speed["rollouts"])
     return {"tokens_per_question": shape.tokens_per_question, "dpo_steps": steps,
             "online_hours_estimate": (seconds + steps * step_seconds) / 3600}

@@ -20,10 +20,10 @@ import json
 from pathlib import Path
 from typing import Any, Protocol
 
+from harness.progress import CURVES
+
 # runtime.metrics name -> the pip extra that installs its package
 EXTRAS = {"tensorboard": "tensorboard", "wandb": "wandb"}
-# progress.jsonl key -> curve name of its progressive-validation accuracy
-CURVES = {"correct_before": "trained", "frozen_correct": "frozen", "zero_shot_correct": "zero_shot"}
 # DPO update record key -> tag name (TRL calls the share of pairs with a positive margin rewards/accuracies)
 DPO_KEYS = {"loss": "loss", "margin": "margin", "accuracy": "reward_accuracy", "pairs": "pairs"}
 # transformers/TRL log_history keys worth a curve; the last entry's train_* totals are already in done.json
@@ -162,7 +162,7 @@ class Metrics:
     def online_values(self, line: dict) -> dict[str, float]:
         """The question's scalars; updates the running progressive-accuracy sums."""
         values: dict[str, float] = {}
-        for key, curve in CURVES.items():
+        for curve, key in CURVES.items():
             if key in line:
                 self.hits[curve] = self.hits.get(curve, 0) + bool(line[key])
                 self.seen[curve] = self.seen.get(curve, 0) + 1

@@ -51,7 +51,7 @@ def warm_up_tiny(model: torch.nn.Module, tokenizer, steps: int, seed: int) -> No
     some answers right and some wrong: a model at 0% makes no preference pairs."""
     import json
 
-    from harness.learner import completion_logps  # the learner imports this module
+    from harness.training.learner import completion_logps  # the learner imports this module
 
     rows = (Path(__file__).resolve().parent / "bundled" / "arith.jsonl").read_text().splitlines()[800:]
     examples = []
@@ -135,7 +135,11 @@ def load_base(cfg: ModelConfig, device: str = "auto") -> tuple[torch.nn.Module, 
     """The base model (eval mode, on `device`, in its dtype) and its tokenizer."""
     dtype = getattr(torch, cfg.dtype)
     path = str(smollm2_folder()) if cfg.name == "smollm2-135m" else cfg.name
-    tokenizer = family_tokenizer(cfg.tiny.family) if cfg.name == "tiny" else AutoTokenizer.from_pretrained(path)
+    remote = {"trust_remote_code": True} if cfg.trust_remote_code else {}
+    if cfg.name == "tiny":
+        tokenizer = family_tokenizer(cfg.tiny.family)
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(path, **remote)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
@@ -145,7 +149,7 @@ def load_base(cfg: ModelConfig, device: str = "auto") -> tuple[torch.nn.Module, 
             load_or_warm_up_tiny(model, tokenizer, cfg)
         model = model.to(dtype)
     else:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **remote)
     if cfg.chat_template and not tokenizer.chat_template:
         raise ValueError(f"model.chat_template is true but {cfg.name} has no chat template")
     model.generation_config.pad_token_id = tokenizer.pad_token_id

@@ -39,7 +39,7 @@ def stage_function(stage: str) -> Callable:
 
 def run_report(recipe: Recipe, run: RunDir) -> dict:
     """The report is rebuilt from the run folder every time (it is cheap), so it always shows the latest state."""
-    from harness.report import write_report
+    from harness.reporting.report import write_report
 
     return {"report": str(write_report(run.path))}
 
@@ -55,7 +55,7 @@ class LazyEngine:
     def get(self, run: RunDir | None = None):
         """The engine, built on first use; `run` gets the facts of how prompts render in its provenance."""
         if self._engine is None:
-            from harness.engine import Engine
+            from harness.generation.engine import Engine
 
             self._engine = Engine(self.recipe)
         if run is not None:

@@ -13,7 +13,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, model_validator
+
+from harness.sections import LoraSpec, Section
+from harness.strategies.base import StrategyConfig
+from harness.strategies.configs import TAGS, StrategyChoice
+from harness.training.dpo_config import DPOConfig
 
 # A wheel ships the recipes inside the package (harness/recipes/, mapped in pyproject.toml); a checkout has none
 # there, so it reads the top-level recipes/ that its user edits.
@@ -23,12 +28,6 @@ RECIPES_DIR = _PACKAGED_RECIPES if _PACKAGED_RECIPES.is_dir() else _PACKAGED_REC
 
 class RecipeError(ValueError):
     """A recipe that cannot be used; the message names the file and the field."""
-
-
-class Section(BaseModel):
-    """Base for every recipe section: unknown keys are errors, docstrings describe fields."""
-
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True)
 
 
 class TinyModel(Section):
@@ -56,69 +55,10 @@ class ModelConfig(Section):
     """Weights dtype for generation and training."""
     chat_template: bool = True
     """Wrap prompts in the tokenizer's chat template (False: plain text prompts)."""
+    trust_remote_code: bool = False
+    """Run the model repository's own modelling code (InternLM2 ships its architecture that way)."""
     tiny: TinyModel = Field(default_factory=TinyModel)
     """Shape of the `tiny` model; ignored for other models."""
-
-
-class LoraSpec(Section):
-    r: int = 8
-    """LoRA rank."""
-    alpha: int = 8
-    """LoRA alpha (scale = alpha / r)."""
-    dropout: float = 0.05
-    """LoRA dropout."""
-    targets: list[str] | Literal["all-linear"] = "all-linear"
-    """Modules that get LoRA; `all-linear` is every linear layer but the output head."""
-
-
-class AdaptersConfig(Section):
-    answer: LoraSpec = Field(default_factory=LoraSpec)
-    """The Answer LLM's adapter."""
-    stop: LoraSpec = Field(default_factory=LoraSpec)
-    """The Stop LLM's adapter."""
-
-
-class PromptTemplate(Section):
-    system: str | None = None
-    """System message (chat template) or preamble (plain text); None for none."""
-    user: str
-    """User message; `{question}` (and `{partial_answer}` for the Stop prompt) are filled in."""
-
-
-class FlowConfig(Section):
-    chunk_size: int = Field(160, ge=1)
-    """Most tokens the Answer LLM writes per chunk."""
-    max_chunks: int = Field(6, ge=1)
-    """Most chunks in one answer; the Flow ends after the last without asking Stop."""
-    temperature: float = Field(0.7, ge=0.0)
-    """Sampling temperature of the Answer LLM (0 = greedy)."""
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    """Nucleus sampling mass."""
-    stop_rule: Literal["yes_vs_no", "yes_prob"] = "yes_vs_no"
-    """`yes_vs_no`: P(Yes) renormalised over {Yes, No}; `yes_prob`: P(Yes) over the whole vocabulary."""
-    stop_threshold: float = Field(0.5, gt=0.0, lt=1.0)
-    """Stop when the Yes probability exceeds this."""
-    stop_yes: str = "Yes"
-    """Text whose first token is the Stop LLM's Yes."""
-    stop_no: str = "No"
-    """Text whose first token is the Stop LLM's No."""
-    speculative: bool = False
-    """Sample the rest of the budget in one pass and cut it into chunks (same distribution, fewer calls; but a Stop
-    yes throws the rest away, and with the backends' KV reuse chunk by chunk is rarely slower)."""
-    eos_ends_flow: bool = True
-    """An Answer chunk ending in EOS ends the Flow without a Stop decision (the Answer LLM cannot go on)."""
-    answer_prompt: PromptTemplate
-    """Prompt of the Answer LLM; its partial answer is appended as assistant tokens."""
-    stop_prompt: PromptTemplate
-    """Prompt of the Stop LLM; must contain `{partial_answer}`."""
-
-    @model_validator(mode="after")
-    def _placeholders(self) -> FlowConfig:
-        if "{question}" not in self.answer_prompt.user:
-            raise ValueError("flow.answer_prompt.user must contain {question}")
-        if "{partial_answer}" not in self.stop_prompt.user or "{question}" not in self.stop_prompt.user:
-            raise ValueError("flow.stop_prompt.user must contain {question} and {partial_answer}")
-        return self
 
 
 class DataSource(Section):
@@ -153,60 +93,42 @@ class BaselineConfig(Section):
     temperature: float = Field(0.0, ge=0.0)
     """Sampling temperature (0 = greedy)."""
     max_new_tokens: int | None = None
-    """Length of a single-pass answer (None: chunk_size * max_chunks, the Flow's budget)."""
+    """Length of a single-pass answer (None: the strategy's answer budget, e.g. the Flow's chunk_size * max_chunks)."""
     batch_size: int = Field(8, ge=1)
     """Questions per generation batch."""
 
 
 class OnlineConfig(Section):
-    strategy: Literal["flow_rollout"] = "flow_rollout"
-    """How a question becomes preference pairs (`flow_rollout`: Flow-DPO)."""
+    strategy: StrategyChoice
+    """How a question becomes preference pairs: the paper method and its settings (`name` picks it)."""
+    dpo: DPOConfig = Field(default_factory=DPOConfig)
+    """The DPO learner every agent of the strategy steps with."""
     questions: int = Field(ge=1)
     """Training questions taken from the stream."""
-    rollouts_per_node: int = Field(1, ge=1)
-    """Alternative continuations drawn at every node of the main chain."""
-    max_resample_tries: int = Field(4, ge=1)
-    """Tries to draw an alternative chunk that differs from the original."""
-    beta: float = Field(1.0, gt=0.0)
-    """DPO beta."""
-    label_smoothing: float = Field(0.0, ge=0.0, lt=0.5)
-    """Conservative-DPO label smoothing (0: plain DPO)."""
-    optimizer: Literal["adam", "adamw"] = "adam"
-    """Optimizer of each adapter."""
-    lr: float = Field(5e-6, gt=0.0)
-    """Learning rate."""
-    weight_decay: float = Field(0.0, ge=0.0)
-    """Weight decay (adamw only)."""
-    update: Literal["per_question", "accumulate"] = "accumulate"
-    """When an agent learns: `per_question` steps on each question's own pairs right after it (the paper's
-    real-time updates; at most `batch_pairs` per step), `accumulate` waits until `batch_pairs` pairs are queued."""
-    batch_pairs: int = Field(32, ge=1)
-    """Pairs per optimizer step of one adapter (`accumulate`), or the most pairs one step takes (`per_question`)."""
-    grad_clip: float = Field(1.0, gt=0.0)
-    """Gradient-norm clipping."""
-    reference: Literal["base", "snapshot"] = "base"
-    """DPO reference: `base` = adapters disabled (the initial policy for zero-initialised LoRA); `snapshot` = a
-    frozen copy of the agent's adapter, refreshed every `reference_refresh_every` optimizer steps."""
-    reference_refresh_every: int | None = Field(None, ge=1)
-    """Optimizer steps between snapshot refreshes (None: the copy taken at the start stays frozen)."""
-    train_agents: list[Literal["answer", "stop"]] = ["answer", "stop"]
-    """Agents that learn from their pairs."""
     curves: list[Literal["trained", "frozen", "zero_shot"]] = ["trained", "frozen", "zero_shot"]
     """Progressive-validation curves to measure on the stream (trained is always measured)."""
     question_batch: int = Field(1, ge=1)
-    """Questions generated together (main chains, curves and rollouts in one batch) before their pairs are learned.
+    """Questions generated together (answers, curves and pairs in one batch) before their pairs are learned.
     1 is the paper's loop; G > 1 answers a group with the adapters as they were at its start."""
     checkpoint_every: int = Field(10, ge=1)
     """Questions between checkpoints (and at the end); a multiple of question_batch."""
+    seed: int = 0
+    """Seed of sampling and dropout; every question derives its own seeds from it."""
 
     @model_validator(mode="after")
     def _groups_fit_checkpoints(self) -> OnlineConfig:
         if self.checkpoint_every % self.question_batch:
             raise ValueError(f"online.checkpoint_every ({self.checkpoint_every}) must be a multiple of "
                              f"online.question_batch ({self.question_batch})")
+        unknown = set(self.dpo.agents or []) - set(self.strategy.agents())
+        if unknown:
+            raise ValueError(f"online.dpo.agents: {sorted(unknown)} are not agents of {self.strategy.name} "
+                             f"({self.strategy.agents()})")
         return self
-    seed: int = 0
-    """Seed of sampling and dropout; every question derives its own seeds from it."""
+
+    def train_agents(self) -> list[str]:
+        """The agents that learn: `dpo.agents`, or every agent of the strategy."""
+        return [a for a in self.strategy.agents() if self.dpo.agents is None or a in self.dpo.agents]
 
 
 class SFTConfig(Section):
@@ -248,7 +170,7 @@ class EvalTask(Section):
     name: str
     """Name in reports (e.g. `gsm8k`, `math`)."""
     lm_eval_task: str
-    """lm-eval task name (standard, or one of harness/lm_eval_tasks)."""
+    """lm-eval task name (standard, or one of harness/evaluation/lm_eval_tasks)."""
     num_fewshot: int | None = None
     """Few-shot examples (None: the task's default)."""
     limit: int | None = None
@@ -337,10 +259,8 @@ class Recipe(Section):
     """Generation backend of the Flow and the rollouts."""
     model: ModelConfig
     """The base model."""
-    adapters: AdaptersConfig = Field(default_factory=AdaptersConfig)
-    """LoRA adapters of the two agents."""
-    flow: FlowConfig
-    """The Flow: chunking, stopping, prompts."""
+    adapters: dict[str, LoraSpec] = {}
+    """LoRA adapter of each agent of the strategy (an agent not named here gets the default)."""
     data: DataConfig
     """Training stream and compile prompts."""
     baseline: BaselineConfig = Field(default_factory=BaselineConfig)
@@ -357,6 +277,23 @@ class Recipe(Section):
     """Placement and performance (not part of the recipe hash)."""
     sources: dict[str, str] = {}
     """Field path -> where its value comes from (`Table 2`, or `choice: ..., because ...`)."""
+
+    @model_validator(mode="after")
+    def _adapters_are_agents(self) -> Recipe:
+        unknown = set(self.adapters) - set(self.online.strategy.agents())
+        if unknown:
+            raise ValueError(f"adapters: {sorted(unknown)} are not agents of {self.online.strategy.name} "
+                             f"({self.online.strategy.agents()})")
+        return self
+
+    def adapter_specs(self) -> dict[str, LoraSpec]:
+        """Every agent's LoRA settings, in the strategy's order."""
+        return {a: self.adapters.get(a, LoraSpec()) for a in self.online.strategy.agents()}
+
+    @property
+    def strategy(self) -> StrategyConfig:
+        """The online strategy's settings (`online.strategy`)."""
+        return self.online.strategy
 
     @model_validator(mode="after")
     def _sources_name_fields(self) -> Recipe:
@@ -378,6 +315,8 @@ def _has_path(obj: Any, parts: list[str]) -> bool:
     for part in parts:
         if isinstance(obj, BaseModel) and part in type(obj).model_fields:
             obj = getattr(obj, part)
+        elif isinstance(obj, dict) and part in obj:
+            obj = obj[part]
         elif isinstance(obj, list) and part.isdigit() and int(part) < len(obj):
             obj = obj[int(part)]
         else:
@@ -471,7 +410,9 @@ def format_errors(err: ValidationError) -> str:
     """Pydantic errors as one line per field path (shared by every YAML schema of the project)."""
     lines = []
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        # a discriminated union puts the chosen member's tag in the path: online.strategy.flow_dpo.chunk_size
+        parts = [str(p) for i, p in enumerate(e["loc"]) if not (i and e["loc"][i - 1] == "strategy" and p in TAGS)]
+        loc = ".".join(parts) or "(top level)"
         msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
         got = "" if e["type"] == "missing" else f" (got {str(e['input'])[:80]!r})"
         lines.append(f"  {loc}: {msg}{got}")

@@ -14,7 +14,7 @@ from __future__ import annotations
 import importlib.util
 from typing import Any
 
-from harness.evaluate import HARNESS_TASKS
+from harness.evaluation.lm_eval import HARNESS_TASKS
 from harness.recipe import Recipe, RecipeError
 
 QUESTIONS = 8
@@ -24,7 +24,9 @@ COMPILE_PROMPTS = 32
 EVAL_LIMIT = 4
 """Examples per lm-eval task."""
 CHUNK_TOKENS = 12
-"""Longest chunk: the stand-in writes one character per token, an arithmetic answer is ~30 of them."""
+"""Longest chunk (or step): the stand-in writes one character per token, an arithmetic answer is ~30 of them."""
+ANSWER_TOKENS = 36
+"""Longest one-pass answer."""
 WARMUP_STEPS = 300
 """Warm-up of the stand-in on bundled arithmetic (as the `tiny` recipe)."""
 SFT_LR = 1e-2
@@ -87,7 +89,11 @@ def rehearsal(recipe: Recipe, with_vllm: bool | None = None) -> tuple[Recipe, li
     group = min(data["online"]["question_batch"], QUESTIONS // 2)
     put("online.question_batch", group)
     put("online.checkpoint_every", group * max(1, (QUESTIONS // 2) // group))
-    put("flow.chunk_size", min(data["flow"]["chunk_size"], CHUNK_TOKENS))
+    strategy = data["online"]["strategy"]
+    for key, most in (("chunk_size", CHUNK_TOKENS), ("max_step_tokens", CHUNK_TOKENS),
+                      ("max_new_tokens", ANSWER_TOKENS)):
+        if key in strategy:
+            put(f"online.strategy.{key}", min(strategy[key], most))
     put("compile.sft.lr", max(data["compile"]["sft"]["lr"], SFT_LR))
     for i, task in enumerate(data["eval"]["tasks"]):
         name = task["lm_eval_task"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 
 import pytest
@@ -104,7 +105,7 @@ def env_for_subprocess():
 
 
 class ScriptedBackend:
-    """A fake generation backend with scripted outputs (implements harness.backends.base.Backend).
+    """A fake generation backend with scripted outputs (implements harness.generation.backend.Backend).
 
     `chunks[question][partial answer text]` lists the chunks the Answer LLM writes after that partial answer: the
     k-th call for the same (adapter, question, partial answer) gets the k-th entry (the last one once exhausted).
@@ -115,8 +116,10 @@ class ScriptedBackend:
     EOS = "<EOS>"
 
     def __init__(self, tokenizer, prompter, chunks: dict[str, dict[str, list[str]]],
-                 stop: dict[str, dict[str, float]]) -> None:
+                 stop: dict[str, dict[str, float]], flow_cfg) -> None:
         self.tok, self.prompter, self.chunks, self.stop = tokenizer, prompter, chunks, stop
+        self.flow_cfg = flow_cfg
+        """The Flow's settings (its Stop template and Yes/No words)."""
         self.eos_token_ids = [tokenizer.eos_token_id]
         self.counts: dict[tuple, int] = {}
         self.generate_calls: list[tuple] = []
@@ -137,15 +140,15 @@ class ScriptedBackend:
 
     def _stop_split(self, prompt: list[int]) -> tuple[str, str]:
         for question in self.stop:
-            marked = self.prompter.stop_prompt(question, [-1])
+            marked = self.prompter.spliced(self.flow_cfg.stop_prompt, [-1], question=question)
             cut = marked.index(-1)
             before, after = marked[:cut], marked[cut + 1 :]
             if prompt[:cut] == before and prompt[len(prompt) - len(after) :] == after:
                 return question, self.tok.decode(prompt[cut : len(prompt) - len(after)])
         raise AssertionError(f"unscripted stop prompt {self.tok.decode(prompt)!r}")
 
-    def generate(self, prompts, adapter, max_new_tokens, temperature, top_p=1.0, n=1, seed=0):
-        from harness.backends.base import Sample, token_budgets
+    def generate(self, prompts, adapter, max_new_tokens, temperature, top_p=1.0, n=1, seed=0, stop=None):
+        from harness.generation.backend import Sample, token_budgets
 
         out = []
         for prompt, budget in zip(prompts, token_budgets(max_new_tokens, len(prompts))):
@@ -161,14 +164,17 @@ class ScriptedBackend:
             out.append([Sample(ids, [-1.0] * len(ids), finished) for _ in range(n)])
         return out
 
-    def yes_probability(self, prompts, adapter, yes_id, no_id, rule="yes_vs_no"):
-        assert (yes_id, no_id) == (self.prompter.yes_id, self.prompter.no_id)
-        probs = []
+    def next_token_logprobs(self, prompts, adapter, token_ids):
+        """Log P(Yes), log P(No) of the scripted P(Yes), so that both stop rules read it back."""
+        words = (self.flow_cfg.stop_yes, self.flow_cfg.stop_no)
+        assert list(token_ids) == [self.prompter.first_token(w) for w in words]
+        rows = []
         for prompt in prompts:
             question, partial = self._stop_split(prompt)
             self.stop_calls.append((adapter, question, partial))
-            probs.append(self.stop[question][partial])
-        return probs
+            yes = self.stop[question][partial]
+            rows.append([math.log(yes), math.log1p(-yes)])
+        return rows
 
     def reset_cache(self, adapter):
         pass

@@ -1,4 +1,5 @@
-"""HFBackend: adapter switching, seeding, log-probs, EOS handling, left padding and the Yes/No probability."""
+"""HFBackend: adapter switching, seeding, log-probs, EOS and stop handling, per-prompt temperatures, left padding,
+next-token log-probs and the Yes/No probability; the step stop ids."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import math
 import pytest
 import torch
 
-from harness.backends.hf import HFBackend
+from harness.generation.backend import yes_probability
+from harness.generation.hf import HFBackend
+from harness.generation.steps import step_stop_ids
 from harness.models import with_adapters
 from harness.recipe import LoraSpec
 
@@ -33,7 +36,7 @@ def test_adapter_none_equals_base_model_and_zero_adapters_equal_base(tiny_base):
     prompts = [encode(tok, q) for q in QUESTIONS]
     plain = HFBackend(base, tok)
     base_ids = greedy_ids(plain, prompts, None)
-    base_yes = plain.yes_probability(prompts, None, 5, 6)
+    base_yes = yes_probability(plain, prompts, None, 5, 6)
     with pytest.raises(ValueError, match="no adapters"):
         plain.generate(prompts, "answer", 4, 0.0)
 
@@ -43,7 +46,7 @@ def test_adapter_none_equals_base_model_and_zero_adapters_equal_base(tiny_base):
     for adapter in (None, "answer", "stop"):
         assert greedy_ids(backend, prompts, adapter) == base_ids, adapter
         # equal up to float rounding (the vocabulary head sees one position: shapes differ from the plain model's)
-        assert backend.yes_probability(prompts, adapter, 5, 6) == pytest.approx(base_yes, abs=1e-6), adapter
+        assert yes_probability(backend, prompts, adapter, 5, 6) == pytest.approx(base_yes, abs=1e-6), adapter
     with pytest.raises(ValueError, match="unknown adapter"):
         backend.generate(prompts, "nope", 4, 0.0)
 
@@ -63,8 +66,8 @@ def test_switching_adapters_changes_outputs(tiny_base, perturb):
     assert greedy_ids(backend, prompts, "stop") == base_ids  # still zero
     assert greedy_ids(backend, prompts, None) == base_ids  # adapters disabled = base model
     assert greedy_ids(backend, prompts, "answer") == answer_ids  # switching back is stateless
-    yes_answer = backend.yes_probability(prompts, "answer", 5, 6)
-    yes_base = backend.yes_probability(prompts, None, 5, 6)
+    yes_answer = yes_probability(backend, prompts, "answer", 5, 6)
+    yes_base = yes_probability(backend, prompts, None, 5, 6)
     assert all(not math.isclose(a, b, abs_tol=1e-6) for a, b in zip(yes_answer, yes_base))
 
 
@@ -145,7 +148,7 @@ def test_yes_probability_equals_manual_softmax_of_unpadded_forward(tiny_base, pe
     prompts = [encode(tok, q) for q in QUESTIONS]  # different lengths: rows are left-padded
 
     for adapter in ("stop", None):
-        probs = backend.yes_probability(prompts, adapter, yes_id, no_id, rule)
+        probs = yes_probability(backend, prompts, adapter, yes_id, no_id, rule)
         assert len(probs) == len(prompts)
         for prompt, p in zip(prompts, probs):
             assert 0.0 <= p <= 1.0
@@ -157,8 +160,8 @@ def test_yes_probability_equals_manual_softmax_of_unpadded_forward(tiny_base, pe
                 manual = torch.softmax(logits, -1)[yes_id].item()
             assert math.isclose(p, manual, rel_tol=1e-4, abs_tol=1e-6), (adapter, prompt, p, manual)
     # the perturbed Stop adapter is really used
-    with_stop = backend.yes_probability(prompts, "stop", yes_id, no_id, rule)
-    without = backend.yes_probability(prompts, None, yes_id, no_id, rule)
+    with_stop = yes_probability(backend, prompts, "stop", yes_id, no_id, rule)
+    without = yes_probability(backend, prompts, None, yes_id, no_id, rule)
     assert with_stop != without
 
 
@@ -224,11 +227,11 @@ def test_prompts_extending_earlier_calls_reuse_their_kv_and_give_the_same_result
     assert kept.cached_tokens - before >= sum(len(p) - 1 for p in longer) - len(QUESTIONS)
     # Stop prompts that extend earlier Stop prompts' prefixes
     yes, no = encode(tok, "Yes")[0], encode(tok, "No")[0]
-    kept.yes_probability(prompts, "stop", yes, no)
+    yes_probability(kept, prompts, "stop", yes, no)
     before = kept.cached_tokens
-    probs = kept.yes_probability(longer, "stop", yes, no)
+    probs = yes_probability(kept, longer, "stop", yes, no)
     assert kept.cached_tokens - before >= sum(len(p) - 1 for p in prompts)
-    assert probs == pytest.approx(fresh.yes_probability(longer, "stop", yes, no), abs=1e-5)
+    assert probs == pytest.approx(yes_probability(fresh, longer, "stop", yes, no), abs=1e-5)
 
 
 def test_kept_kv_is_dropped_when_the_weights_change(tiny_base, perturb):
@@ -260,3 +263,163 @@ def test_generation_stops_at_every_eos_id_of_the_generation_config(tiny_base):
     assert backend.eos_token_ids == [tok.eos_token_id, extra]
     got = backend.generate([prompt], None, 24, 0.0)[0][0]
     assert got.token_ids == free[: free.index(extra) + 1] and got.finished
+
+
+# Drawn by the one-temperature sampling path (a scalar temperature, no stop sequences) for QUESTIONS at
+# max_new_tokens=8, temperature=1.0, top_p=0.9, n=2, seed=11: recorded runs depend on these exact draws.
+RECORDED_IDS = [[[21, 40, 8, 86, 54, 9, 43, 93], [51, 42, 40, 24, 38, 37, 67, 47]],
+                [[15, 69, 47, 37, 27, 89, 76, 72], [11, 70, 78, 33, 93, 2]],
+                [[6, 90, 87, 17, 84, 19, 57, 100], [18, 82, 51, 66, 87, 13, 31, 90]],
+                [[98, 21, 74, 83, 36, 23, 67, 68], [37, 75, 0, 56, 91, 58, 6, 42]]]
+RECORDED_LOGPROB_SUMS = [[-35.6465, -35.3668], [-35.6601, -27.165], [-35.9434, -35.8367], [-35.775, -35.1312]]
+
+
+def sample_tuples(out) -> list[tuple]:
+    return [(s.token_ids, s.logprobs, s.finished, s.stopped) for row in out for s in row]
+
+
+def test_scalar_temperature_without_stops_keeps_the_recorded_draws(tiny_base):
+    model, tok = tiny_base()
+    prompts = [encode(tok, q) for q in QUESTIONS]
+
+    def call(temperature, **kw):
+        return HFBackend(model, tok).generate(prompts, None, 8, temperature, top_p=0.9, n=2, seed=11, **kw)
+
+    recorded = call(1.0)
+    assert [[s.token_ids for s in row] for row in recorded] == RECORDED_IDS
+    assert [[round(sum(s.logprobs), 4) for s in row] for row in recorded] == RECORDED_LOGPROB_SUMS
+    assert not any(s.stopped for row in recorded for s in row)
+    # bit-identical: an empty stop list, and one temperature per prompt that are all equal
+    assert sample_tuples(call(1.0, stop=[])) == sample_tuples(recorded)
+    assert sample_tuples(call([1.0] * len(prompts))) == sample_tuples(recorded)
+    assert sample_tuples(call([0.7] * len(prompts))) == sample_tuples(call(0.7))
+    # also when the batch is split into groups (each group draws from its own seed)
+    split = HFBackend(model, tok, max_batch=4)
+    assert (sample_tuples(split.generate(prompts, None, 8, [1.0] * 4, n=2, seed=3))
+            == sample_tuples(HFBackend(model, tok, max_batch=4).generate(prompts, None, 8, 1.0, n=2, seed=3)))
+
+
+def test_per_prompt_temperatures_greedy_rows_are_greedy_and_sampled_rows_use_their_own(tiny_base):
+    model, tok = tiny_base()
+    prompts = [encode(tok, q) for q in QUESTIONS]
+    temperatures = [0.0, 1.0, 0.0, 0.5]
+    mixed = HFBackend(model, tok).generate(prompts, None, 10, temperatures, n=2, seed=4)
+    greedy = HFBackend(model, tok).generate(prompts, None, 10, 0.0, n=2)
+    for t, prompt, row, greedy_row in zip(temperatures, prompts, mixed, greedy):
+        for sample, greedy_sample in zip(row, greedy_row):
+            if t == 0.0:
+                assert sample.token_ids == greedy_sample.token_ids
+                assert sample.logprobs == pytest.approx(greedy_sample.logprobs, abs=1e-5)
+                continue
+            # a sampled row's log-probs are those of softmax(logits / its own temperature)
+            with torch.no_grad():
+                logits = model(input_ids=torch.tensor([prompt + sample.token_ids])).logits[0]
+            steps = logits[len(prompt) - 1 : -1].float() / t
+            manual = torch.log_softmax(steps, -1).gather(-1, torch.tensor(sample.token_ids)[:, None])[:, 0]
+            torch.testing.assert_close(torch.tensor(sample.logprobs), manual, atol=1e-4, rtol=1e-4)
+    sampled = [s.token_ids for t, row in zip(temperatures, mixed) if t > 0 for s in row]
+    assert len({tuple(ids) for ids in sampled}) == len(sampled)  # real draws, not the greedy answer
+    with pytest.raises(ValueError, match="temperature"):
+        HFBackend(model, tok).generate(prompts, None, 4, [1.0, 0.0])
+
+
+def test_stop_sequences_end_samples_right_after_their_first_occurrence(tiny_base):
+    model, tok = tiny_base()
+    eos = tok.eos_token_id
+    backend = HFBackend(model, tok)
+    prompts = [encode(tok, q) for q in QUESTIONS]
+    free = [row[0] for row in backend.generate(prompts, None, 24, 0.0)]
+    assert not any(s.stopped for s in free)
+    # a one-id stop taken from the middle of the first answer, and a two-id stop from the middle of the third
+    one = free[0].token_ids[5]
+    two = free[2].token_ids[10:12]
+    stop = [[one], two]
+    cut = [row[0] for row in backend.generate(prompts, None, 24, 0.0, stop=stop)]
+    for whole, part in zip(free, cut):
+        ends = [end for end in range(1, len(whole.token_ids) + 1)
+                if whole.token_ids[end - 1] == one or whole.token_ids[max(0, end - 2) : end] == two]
+        if ends:
+            assert part.token_ids == whole.token_ids[: ends[0]] and part.stopped
+            assert part.finished == (part.token_ids[-1] == eos)
+        else:
+            assert part.token_ids == whole.token_ids and not part.stopped
+        assert part.logprobs == pytest.approx(whole.logprobs[: len(part.token_ids)], abs=1e-5)
+    assert cut[0].token_ids[-1] == one and cut[2].token_ids[-2:] == two
+
+    # sampling: every sample ends at its first stop, at EOS or at its budget, never earlier and never later
+    samples = [s for row in backend.generate(prompts, None, 30, 1.5, n=8, seed=2, stop=[[one], two]) for s in row]
+    for s in samples:
+        hits = [end for end in range(1, len(s.token_ids) + 1)
+                if s.token_ids[end - 1] == one or s.token_ids[max(0, end - 2) : end] == two]
+        assert s.stopped == bool(hits) and hits[:1] in ([], [len(s.token_ids)])
+        assert len(s.logprobs) == len(s.token_ids)
+        assert s.stopped or s.finished or len(s.token_ids) == 30
+        assert eos not in s.token_ids[:-1]
+    assert 0 < sum(s.stopped for s in samples) < len(samples)
+    with pytest.raises(ValueError, match="stop sequence"):
+        backend.generate(prompts, None, 4, 0.0, stop=[[]])
+
+
+def test_continuing_a_stopped_step_from_the_kv_store_equals_a_fresh_backend(tiny_base):
+    model, tok = tiny_base()
+    prompts = [encode(tok, q) for q in QUESTIONS]
+    free = HFBackend(model, tok).generate(prompts, None, 24, 0.0)
+    stop = [[free[0][0].token_ids[3]], [free[1][0].token_ids[2]]]
+    kept, fresh = HFBackend(model, tok), HFBackend(model, tok, kv_store_tokens=0)
+    first = [row[0] for row in kept.generate(prompts, None, 24, 0.0, stop=stop)]
+    assert first[0].stopped and first[1].stopped
+    steps = [sample.token_ids for sample in first]
+    longer = [p + ids for p, ids in zip(prompts, steps)]
+    before = kept.cached_tokens
+    again = [row[0].token_ids for row in kept.generate(longer, None, 12, 0.0, stop=stop)]
+    assert kept.cached_tokens > before  # the steps' KV came from the store
+    assert again == [row[0].token_ids for row in fresh.generate(longer, None, 12, 0.0, stop=stop)]
+
+
+@pytest.mark.parametrize("adapter", ["stop", None])
+def test_next_token_logprobs_equal_log_softmax_of_a_plain_forward(tiny_base, perturb, adapter):
+    model, tok = tiny_base()
+    peft = with_adapters(model, {"answer": LoraSpec(), "stop": LoraSpec()})
+    perturb(peft, "stop", seed=2, scale=0.2)
+    backend = HFBackend(peft, tok)
+    prompts = [encode(tok, q) for q in QUESTIONS] + [encode(tok, QUESTIONS[0] + " 3")]  # shared prefixes too
+    ids = [encode(tok, "Y")[0], encode(tok, "N")[0], tok.eos_token_id, 0, encode(tok, "Y")[0]]
+    got = backend.next_token_logprobs(prompts, adapter, ids)
+    assert [len(row) for row in got] == [len(ids)] * len(prompts)
+    for prompt, row in zip(prompts, got):
+        with backend.adapter(adapter):
+            want = torch.log_softmax(plain_last_logits(peft, prompt), -1)[ids]
+        torch.testing.assert_close(torch.tensor(row), want, atol=1e-5, rtol=0)
+    assert backend.next_token_logprobs([], adapter, ids) == []
+
+
+def test_step_stop_ids_on_the_tiny_character_tokenizer(tiny_base):
+    _, tok = tiny_base()
+    newline, dot = tok.convert_tokens_to_ids("\n"), tok.convert_tokens_to_ids(".")
+    assert step_stop_ids(tok, ["\n"]) == [[newline]]
+    assert step_stop_ids(tok, ["\n", "."]) == sorted([[newline], [dot]])
+    with pytest.raises(ValueError, match="delimiters"):
+        step_stop_ids(tok, [""])
+
+
+def merged_tokenizer():
+    """A word-level tokenizer whose vocabulary merges newlines with their neighbours, as BPE vocabularies do."""
+    from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<unk>": 0, "a": 1, "\n": 2, ".\n\n": 3, "\n\n": 4, "b": 5, ":\n": 6, ".": 7, "x\ny": 8}
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    core.add_special_tokens([AddedToken("<|turn\n|>", special=True, normalized=False)])  # id 9
+    return PreTrainedTokenizerFast(tokenizer_object=core, unk_token="<unk>")
+
+
+def test_step_stop_ids_find_every_merged_newline_token_but_no_special_one():
+    tok = merged_tokenizer()
+    assert tok.convert_tokens_to_ids("<|turn\n|>") == 9
+    assert step_stop_ids(tok, ["\n"]) == [[2], [3], [4], [6], [8]]
+    assert step_stop_ids(tok, ["."]) == [[3], [7]]
+    # cached per tokenizer: a second call decodes nothing
+    tok.batch_decode = None
+    assert step_stop_ids(tok, ["\n"]) == [[2], [3], [4], [6], [8]]
+    assert step_stop_ids(merged_tokenizer(), ["\n", "."]) == [[2], [3], [4], [6], [7], [8]]

@@ -24,7 +24,7 @@ def test_bench_flow_figures_are_consistent(tiny_recipe, warm_tiny):
 
 
 def test_naive_reference_reencodes_every_prefix(tiny_base):
-    from harness.backends.hf import HFBackend
+    from harness.generation.hf import HFBackend
 
     model, tok = tiny_base()
     inner = HFBackend(model, tok)
@@ -32,8 +32,8 @@ def test_naive_reference_reencodes_every_prefix(tiny_base):
     prompt = tok.encode("What is 1+2?", add_special_tokens=False)
     first = naive.generate([prompt], None, 5, 0.0)[0][0].token_ids
     naive.generate([prompt + first], None, 5, 0.0)
-    naive.yes_probability([prompt], None, 5, 6)
-    naive.yes_probability([prompt + first], None, 5, 6)
+    naive.next_token_logprobs([prompt], None, [5, 6])
+    naive.next_token_logprobs([prompt + first], None, [5, 6])
     assert inner.cached_tokens == 0
     inner.generate([prompt + first + [7]], None, 3, 0.0)  # without the wrapper the kept KV is used
     assert inner.cached_tokens > 0

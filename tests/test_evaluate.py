@@ -1,4 +1,4 @@
-"""Tests for harness.evaluate: offline lm-eval tasks, result records, scoring, and the silent-LoRA guard.
+"""Tests for harness.evaluation.lm_eval: offline lm-eval tasks, result records, scoring, and the silent-LoRA guard.
 
 Everything runs offline on the in-process tiny model (random weights, so its scores are 0; scoring itself is
 checked with a scripted lm-eval LM that answers with the gold solution, a wrong number, or no `####`).
@@ -16,7 +16,7 @@ from unittest import mock
 import pytest
 import torch
 
-from harness.evaluate import (
+from harness.evaluation.lm_eval import (
     HARNESS_TASKS,
     SilentAdapterError,
     _task_manager,
@@ -27,7 +27,7 @@ from harness.evaluate import (
     needs_builtin_tasks,
     render_tasks,
 )
-from harness.lm_eval_tasks import task_utils
+from harness.evaluation.lm_eval_tasks import task_utils
 from harness.models import load_base
 from harness.recipe import EvalConfig, EvalTask, ModelConfig
 
@@ -135,7 +135,7 @@ def test_gsm8k_prompt_is_lm_eval_gsm8k(base_run: tuple[Path, dict]) -> None:
 def test_arith_holds_out_training_rows(base_run: tuple[Path, dict]) -> None:
     """harness_arith evaluates rows 600+ of arith.jsonl with few-shot examples from rows 550-599."""
     out, _ = base_run
-    rows = read_samples(Path(task_utils.__file__).parents[1] / "bundled" / "arith.jsonl")
+    rows = read_samples(Path(task_utils.__file__).parents[2] / "bundled" / "arith.jsonl")
     samples = read_samples(out / "base" / "arith" / "samples.jsonl")
     assert samples[0]["doc"] == rows[600]
     pool = {row["question"] for row in rows[550:600]}
@@ -318,7 +318,7 @@ def lm_eval_minerva_utils() -> object:
 def test_vendored_minerva_functions_equal_lm_eval() -> None:
     theirs = lm_eval_minerva_utils()
     assert task_utils.list_fewshot_samples() == theirs.list_fewshot_samples()
-    bundled = Path(task_utils.__file__).parents[1] / "bundled" / "math500_test.jsonl"
+    bundled = Path(task_utils.__file__).parents[2] / "bundled" / "math500_test.jsonl"
     for row in read_samples(bundled):
         boxed = task_utils.last_boxed_only_string(row["solution"])
         assert boxed == theirs.last_boxed_only_string(row["solution"])
@@ -337,7 +337,7 @@ def test_rendered_tasks_use_absolute_paths(tmp_path: Path) -> None:
     assert {p.stem for p in rendered.glob("*.yaml")} == HARNESS_TASKS
     for path in rendered.glob("*.yaml"):
         text = path.read_text()
-        assert "${" not in text and str(Path(task_utils.__file__).parents[1]) in text
+        assert "${" not in text and str(Path(task_utils.__file__).parents[2]) in text
     assert not needs_builtin_tasks(BASE_CFG.tasks)
     manager = _task_manager(BASE_CFG.tasks, rendered)  # only our folder: no scan of lm-eval's 14k tasks
     assert set(manager.all_subtasks) == HARNESS_TASKS

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import pytest
 
-from harness.backends.hf import HFBackend
 from harness.families import family_tokenizer
-from harness.flow import Flow
-from harness.flow_rollout import make_pairs, nodes, rollouts
-from harness.learner import Pair
-from harness.prompts import Prompter
+from harness.generation.backend import sigmoid
+from harness.generation.hf import HFBackend
+from harness.generation.prompts import Prompter
+from harness.strategies.flow import Flow
+from harness.strategies.flow_dpo import make_pairs, nodes, rollouts
+from harness.training.learner import Pair
 
 QUESTIONS = [
     ("Hana has 1 apples and gets 2 more. How many apples does Hana have now?", "3"),
@@ -40,11 +41,11 @@ class RecordingBackend:
             self.generated.append((list(prompt), list(row[0].token_ids), row[0].finished))
         return out
 
-    def yes_probability(self, prompts, adapter, yes_id, no_id, rule="yes_vs_no"):
-        probs = self.inner.yes_probability(prompts, adapter, yes_id, no_id, rule)
+    def next_token_logprobs(self, prompts, adapter, token_ids):
+        rows = self.inner.next_token_logprobs(prompts, adapter, token_ids)
         self.adapters.append(("stop", adapter))
-        self.asked += [(list(p), q) for p, q in zip(prompts, probs)]
-        return probs
+        self.asked += [(list(p), sigmoid(yes - no)) for p, (yes, no) in zip(prompts, rows)]  # the yes_vs_no rule
+        return rows
 
     def reset_cache(self, adapter):
         self.inner.reset_cache(adapter)
@@ -54,12 +55,12 @@ class RecordingBackend:
 
 
 def real_flow(tiny_recipe, tiny_peft, perturb, *overrides):
-    recipe = tiny_recipe("flow.chunk_size=6", "flow.max_chunks=3", *overrides)
+    recipe = tiny_recipe("online.strategy.chunk_size=6", "online.strategy.max_chunks=3", *overrides)
     model, tok = tiny_peft()
     perturb(model, "answer", seed=3, scale=0.1)
     backend = RecordingBackend(HFBackend(model, tok))
-    prompter = Prompter(tok, recipe.flow, recipe.model.chat_template)
-    return Flow(backend, prompter, recipe.flow), backend, tok
+    prompter = Prompter(tok, recipe.strategy.answer_prompt, recipe.model.chat_template)
+    return Flow(backend, prompter, recipe.strategy), backend, tok
 
 
 def start_all(flow, times: int = 1):
@@ -94,7 +95,7 @@ def test_trace_text_is_concatenated_chunks_and_chunk_ids_are_the_generated_ids(t
                 found |= any(p == prefix and ids[: len(written)] == written for p, ids in generated)
             assert found, f"chunk {i} is not what the backend generated"
         for i, prob in enumerate(trace.stop_probs):
-            stop_prompt = flow.prompter.stop_prompt(question, [t for c in trace.chunks[: i + 1] for t in c])
+            stop_prompt = flow.stop_prompt(question, [t for c in trace.chunks[: i + 1] for t in c])
             assert asked[tuple(stop_prompt)] == prob
             assert trace.decisions[i] == (prob > flow.cfg.stop_threshold)
     assert {a for kind, a in backend.adapters if kind == "generate"} == {"answer"}
@@ -106,14 +107,14 @@ def test_trace_text_is_concatenated_chunks_and_chunk_ids_are_the_generated_ids(t
 def test_stop_prompt_splices_answer_ids_into_the_rendered_template(tiny_recipe):
     recipe = tiny_recipe()
     tok = family_tokenizer("chatml")
-    prompter = Prompter(tok, recipe.flow, True)
+    flow = Flow(None, Prompter(tok, recipe.strategy.answer_prompt, True), recipe.strategy)
     answer = "3 + 4 = 7"
-    user = recipe.flow.stop_prompt.user.format(question="What?", partial_answer=answer)
+    user = recipe.strategy.stop_prompt.user.format(question="What?", partial_answer=answer)
     assert answer in user
     text = tok.apply_chat_template([{"role": "user", "content": user}], tokenize=False, add_generation_prompt=True)
-    assert prompter.stop_prompt("What?", tok.encode(answer, add_special_tokens=False)) == tok.encode(
+    assert flow.stop_prompt("What?", tok.encode(answer, add_special_tokens=False)) == tok.encode(
         text, add_special_tokens=False)
-    assert (prompter.yes_id, prompter.no_id) == (tok.convert_tokens_to_ids("Y"), tok.convert_tokens_to_ids("N"))
+    assert (flow.yes_id, flow.no_id) == (tok.convert_tokens_to_ids("Y"), tok.convert_tokens_to_ids("N"))
 
 
 def test_same_seed_same_traces_other_seed_other_traces(tiny_recipe, tiny_peft, perturb):
@@ -124,7 +125,7 @@ def test_same_seed_same_traces_other_seed_other_traces(tiny_recipe, tiny_peft, p
 
 
 def test_stop_never_yes_runs_to_max_chunks(tiny_recipe, tiny_peft, perturb):
-    flow, backend, tok = real_flow(tiny_recipe, tiny_peft, perturb, "flow.stop_threshold=0.999999")
+    flow, backend, tok = real_flow(tiny_recipe, tiny_peft, perturb, "online.strategy.stop_threshold=0.999999")
     traces = flow.run(start_all(flow, 2), seed=1)
     eos = tok.eos_token_id
     assert any(t.end == "max_chunks" for t in traces)
@@ -144,8 +145,8 @@ def test_stop_never_yes_runs_to_max_chunks(tiny_recipe, tiny_peft, perturb):
 
 
 def test_stop_always_yes_gives_one_chunk(tiny_recipe, tiny_peft, perturb):
-    flow, backend, tok = real_flow(tiny_recipe, tiny_peft, perturb, "flow.stop_threshold=0.000001",
-                                   "flow.speculative=false")
+    flow, backend, tok = real_flow(tiny_recipe, tiny_peft, perturb, "online.strategy.stop_threshold=0.000001",
+                                   "online.strategy.speculative=false")
     traces = flow.run(start_all(flow, 2), seed=1)
     for t in traces:
         assert len(t.chunks) == 1
@@ -161,9 +162,9 @@ def test_stop_always_yes_gives_one_chunk(tiny_recipe, tiny_peft, perturb):
 def test_speculative_drafts_equal_chunk_by_chunk_generation_when_greedy(tiny_recipe, tiny_peft, perturb):
     """Drafting the whole budget and cutting it into chunks is the same Flow: greedy traces are identical, and
     the draft's tokens after a Stop yes are counted as discarded."""
-    overrides = ("flow.temperature=0", "flow.max_chunks=3", "flow.stop_threshold=0.5")
-    chunked, _, _ = real_flow(tiny_recipe, tiny_peft, perturb, *overrides, "flow.speculative=false")
-    drafted, _, _ = real_flow(tiny_recipe, tiny_peft, perturb, *overrides, "flow.speculative=true")
+    overrides = ("online.strategy.temperature=0", "online.strategy.max_chunks=3", "online.strategy.stop_threshold=0.5")
+    chunked, _, _ = real_flow(tiny_recipe, tiny_peft, perturb, *overrides, "online.strategy.speculative=false")
+    drafted, _, _ = real_flow(tiny_recipe, tiny_peft, perturb, *overrides, "online.strategy.speculative=true")
     a = chunked.run(start_all(chunked), seed=3)
     b = drafted.run(start_all(drafted), seed=3)
     assert [(t.chunks, t.decisions, t.end, t.stop_probs) for t in a] == \
@@ -180,11 +181,12 @@ Q = "What is 3+4?"
 
 
 def scripted_flow(tiny_recipe, backend_cls, chunks, stop, *overrides, question=Q):
-    recipe = tiny_recipe("flow.chunk_size=64", "flow.stop_threshold=0.5", *overrides)  # the scripts' P(Yes) cut
+    # stop_threshold 0.5: the scripts' P(Yes) cut
+    recipe = tiny_recipe("online.strategy.chunk_size=64", "online.strategy.stop_threshold=0.5", *overrides)
     tok = family_tokenizer("chatml")
-    prompter = Prompter(tok, recipe.flow, recipe.model.chat_template)
-    backend = backend_cls(tok, prompter, {question: chunks}, {question: stop})
-    return Flow(backend, prompter, recipe.flow), backend, tok
+    prompter = Prompter(tok, recipe.strategy.answer_prompt, recipe.model.chat_template)
+    backend = backend_cls(tok, prompter, {question: chunks}, {question: stop}, recipe.strategy)
+    return Flow(backend, prompter, recipe.strategy), backend, tok
 
 
 def ids(tok, text):
@@ -206,8 +208,9 @@ def test_a_question_without_an_answer_is_graded_wrong(tiny_recipe, scripted_back
 def test_eos_ends_flow_false_asks_stop_after_an_eos_chunk(tiny_recipe, scripted_backend):
     chunks = {"": ["3+4<EOS>"], "3+4<|im_end|>": ["=7"]}
     stop = {"3+4<|im_end|>": 0.1}
-    flow, backend, tok = scripted_flow(tiny_recipe, scripted_backend, chunks, stop, "flow.eos_ends_flow=false",
-                                       "flow.max_chunks=2")
+    flow, backend, tok = scripted_flow(tiny_recipe, scripted_backend, chunks, stop,
+                                       "online.strategy.eos_ends_flow=false",
+                                       "online.strategy.max_chunks=2")
     (trace,) = flow.run([flow.start(Q, "7", "gsm8k")], seed=0)
     assert trace.chunks == [ids(tok, "3+4") + [tok.eos_token_id], ids(tok, "=7")]
     assert (trace.end, trace.decisions, trace.text, trace.correct) == ("max_chunks", [False], "3+4=7", True)
@@ -219,14 +222,14 @@ def scenario_one(tiny_recipe, scripted_backend):
     wrong; answer 1 -> =7! correct (agrees: no pair); stop 1 -> No, then chunk 0: "3+4=70" wrong."""
     chunks = {"": ["3+4", "3+5"], "3+4": ["=7", "=7!"], "3+5": ["=8"], "3+4=7": ["0"]}
     stop = {"3+4": 0.2, "3+5": 0.2, "3+4=7": 0.9, "3+5=8": 0.9, "3+4=7!": 0.9}
-    return scripted_flow(tiny_recipe, scripted_backend, chunks, stop, "flow.max_chunks=3")
+    return scripted_flow(tiny_recipe, scripted_backend, chunks, stop, "online.strategy.max_chunks=3")
 
 
 def test_rollouts_and_pairs_are_exactly_the_expected_ones(tiny_recipe, scripted_backend):
     flow, backend, tok = scenario_one(tiny_recipe, scripted_backend)
     (main,) = flow.run([flow.start(Q, "7", "gsm8k")], seed=0)
     assert main.chunks == [ids(tok, "3+4"), ids(tok, "=7")]
-    assert (main.stop_probs, main.decisions, main.end) == ([0.2, 0.9], [False, True], "stop")
+    assert main.stop_probs == pytest.approx([0.2, 0.9]) and (main.decisions, main.end) == ([False, True], "stop")
     assert (main.text, main.extracted, main.correct) == ("3+4=7", "7", True)
     assert nodes(main) == [("answer", 0), ("stop", 0), ("answer", 1), ("stop", 1)]
 
@@ -245,11 +248,11 @@ def test_rollouts_and_pairs_are_exactly_the_expected_ones(tiny_recipe, scripted_
 
     prompter = flow.prompter
     answer_prompt = prompter.answer_prompt(Q)
-    yes, no = [prompter.yes_id], [prompter.no_id]
+    yes, no = [flow.yes_id], [flow.no_id]
     expected = [
         Pair("answer", answer_prompt, ids(tok, "3+4"), ids(tok, "3+5"), "answer:0"),
-        Pair("stop", prompter.stop_prompt(Q, ids(tok, "3+4")), no, yes, "stop:0"),
-        Pair("stop", prompter.stop_prompt(Q, ids(tok, "3+4=7")), yes, no, "stop:1"),
+        Pair("stop", flow.stop_prompt(Q, ids(tok, "3+4")), no, yes, "stop:0"),
+        Pair("stop", flow.stop_prompt(Q, ids(tok, "3+4=7")), yes, no, "stop:1"),
     ]
     assert make_pairs(flow, main, branches) == expected
     assert yes == ids(tok, "Y") and no == ids(tok, "N")
@@ -259,7 +262,7 @@ def test_pairs_when_the_main_chain_is_wrong(tiny_recipe, scripted_backend):
     """Chosen is always the output on the path that ended correct, here the rollout's."""
     chunks = {"": ["3+5", "3+4"], "3+5": ["=8"], "3+4": ["=7"], "3+5=8": ["!"]}
     stop = {"3+5": 0.2, "3+4": 0.2, "3+5=8": 0.7, "3+4=7": 0.7}
-    flow, _, tok = scripted_flow(tiny_recipe, scripted_backend, chunks, stop, "flow.max_chunks=3")
+    flow, _, tok = scripted_flow(tiny_recipe, scripted_backend, chunks, stop, "online.strategy.max_chunks=3")
     (main,) = flow.run([flow.start(Q, "7", "gsm8k")], seed=0)
     assert (main.text, main.correct) == ("3+5=8", False)
     pairs = make_pairs(flow, main, rollouts(flow, main, per_node=1, tries=4, seed=1))
@@ -272,7 +275,7 @@ def test_pairs_when_the_main_chain_is_wrong(tiny_recipe, scripted_backend):
 def test_no_pair_when_the_resampled_chunk_equals_the_original(tiny_recipe, scripted_backend):
     chunks = {"": ["3+4"], "3+4": ["=7", "=9"]}  # the first chunk is always the same
     stop = {"3+4": 0.1}
-    flow, backend, tok = scripted_flow(tiny_recipe, scripted_backend, chunks, stop, "flow.max_chunks=2")
+    flow, backend, tok = scripted_flow(tiny_recipe, scripted_backend, chunks, stop, "online.strategy.max_chunks=2")
     (main,) = flow.run([flow.start(Q, "7", "gsm8k")], seed=0)
     assert (main.text, main.correct, main.end) == ("3+4=7", True, "max_chunks")
 
@@ -284,7 +287,7 @@ def test_no_pair_when_the_resampled_chunk_equals_the_original(tiny_recipe, scrip
     assert (alts["answer", 0].text, alts["answer", 0].correct) == ("3+4=9", False)
     prompter = flow.prompter
     assert make_pairs(flow, main, branches) == [
-        Pair("stop", prompter.stop_prompt(Q, ids(tok, "3+4")), [prompter.no_id], [prompter.yes_id], "stop:0"),
+        Pair("stop", flow.stop_prompt(Q, ids(tok, "3+4")), [flow.no_id], [flow.yes_id], "stop:0"),
         Pair("answer", prompter.answer_prompt(Q) + ids(tok, "3+4"), ids(tok, "=7"), ids(tok, "=9"), "answer:1"),
     ]
 
@@ -293,7 +296,7 @@ def test_resampling_takes_the_first_differing_chunk_drawing_the_other_tries_in_o
                                                                                          scripted_backend):
     chunks = {"": ["3+4", "3+4", "3+5", "3+6"], "3+4": ["=7"], "3+5": ["=8"]}
     stop = {"3+4": 0.1, "3+5": 0.1}
-    flow, backend, tok = scripted_flow(tiny_recipe, scripted_backend, chunks, stop, "flow.max_chunks=2")
+    flow, backend, tok = scripted_flow(tiny_recipe, scripted_backend, chunks, stop, "online.strategy.max_chunks=2")
     (main,) = flow.run([flow.start(Q, "7", "gsm8k")], seed=0)
     branches = rollouts(flow, main, per_node=1, tries=4, seed=1)
     alt = dict(branches)["answer", 0]

@@ -1,4 +1,4 @@
-"""Tests for harness.grading: extraction rules, equivalence, and acceptance on the bundled test sets."""
+"""Tests for harness.evaluation.grading: extraction rules, equivalence, and acceptance on the bundled test sets."""
 
 from __future__ import annotations
 
@@ -11,7 +11,15 @@ from pathlib import Path
 import pytest
 
 import harness
-from harness.grading import Grade, _match_braces, extract_answer, gold_answer, grade, grade_file, is_equivalent
+from harness.evaluation.grading import (
+    Grade,
+    _match_braces,
+    extract_answer,
+    gold_answer,
+    grade,
+    grade_file,
+    is_equivalent,
+)
 
 _PKG_DIR = (
     Path(harness.__file__).parent

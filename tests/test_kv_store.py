@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from harness.backends.kv_store import KVStore, weights_fingerprint
+from harness.generation.kv_store import KVStore, weights_fingerprint
 
 
 def kv(length: int, value: float = 0.0) -> list[tuple[torch.Tensor, torch.Tensor]]:

@@ -8,15 +8,15 @@ import math
 import pytest
 import torch
 
-import harness.learner as learner_mod
-from harness.learner import DPOLearner, NonFiniteLoss, Pair, completion_logps, dpo_loss
+import harness.training.learner as learner_mod
 from harness.models import adapter_state
-from harness.recipe import OnlineConfig
+from harness.training.dpo_config import DPOConfig
+from harness.training.learner import DPOLearner, NonFiniteLoss, Pair, completion_logps, dpo_loss
 
 
-def cfg(**kw) -> OnlineConfig:
-    base = {"questions": 1, "lr": 1e-3, "batch_pairs": 1, "beta": 1.0}
-    return OnlineConfig(**(base | kw))
+def cfg(**kw) -> DPOConfig:
+    base = {"lr": 1e-3, "batch_pairs": 1, "beta": 1.0}
+    return DPOConfig(**(base | kw))
 
 
 def enc(tok, text: str) -> list[int]:
@@ -397,3 +397,43 @@ def test_models_whose_logits_are_not_the_heads_output_are_refused(tiny_peft):
     model.config.final_logit_softcapping = 30.0  # Gemma-2 caps its logits after the head
     with pytest.raises(ValueError, match="final_logit_softcapping"):
         DPOLearner(model, "answer", cfg(), tok.pad_token_id)
+
+
+def test_a_pairs_own_label_smoothing_replaces_the_recipes(tiny_peft, monkeypatch):
+    model, tok = tiny_peft()
+    seen = []
+    real = learner_mod.dpo_loss
+
+    def spy(*args, **kwargs):
+        seen.append(args[5].tolist())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(learner_mod, "dpo_loss", spy)
+    pairs = answer_pairs(tok)
+    pairs[1].label_smoothing = 0.25  # MCTS-DPO's visit-count confidence rides on the pair
+    learner = DPOLearner(model, "answer", cfg(batch_pairs=3, label_smoothing=0.1), tok.pad_token_id)
+    learner.add(pairs)
+    learner.step(seed=0)
+    assert seen == [pytest.approx([0.1, 0.25, 0.1])]
+
+
+def test_after_stream_waits_then_trains_epochs_over_every_pair(tiny_peft):
+    model, tok = tiny_peft()
+    pairs = answer_pairs(tok)
+    learner = DPOLearner(model, "answer", cfg(update="after_stream", batch_pairs=2, lr=1e-2), tok.pad_token_id)
+    learner.add(pairs)
+    assert not learner.ready() and not learner.due_after(pairs)  # nothing steps during the stream
+    steps = learner.train_epoch(seed=0)
+    assert [s["pairs"] for s in steps] == [2, 1] and learner.steps == 2
+    assert len(learner.queue) == 3  # kept for the next epoch
+    assert margins_now(model, "answer", pairs, tok.pad_token_id).mean().item() > 0
+
+
+def test_lr_zero_steps_without_moving_the_adapter(tiny_peft):
+    model, tok = tiny_peft()
+    before = adapter_state(model, "answer")
+    learner = DPOLearner(model, "answer", cfg(batch_pairs=3, lr=0.0), tok.pad_token_id)
+    learner.add(answer_pairs(tok))
+    learner.step(seed=0)
+    after = adapter_state(model, "answer")
+    assert learner.steps == 1 and all(torch.equal(before[k], after[k]) for k in before)

@@ -20,15 +20,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import harness.learner as learner_mod
 import harness.stages.online as online_mod
+import harness.training.learner as learner_mod
 from harness.cli import main as cli_main
-from harness.engine import Engine
-from harness.learner import NonFiniteLoss
+from harness.generation.engine import Engine
+from harness.generation.prompts import Prompter
 from harness.models import adapter_state
-from harness.prompts import Prompter
 from harness.rundir import RunDir, RunError, read_jsonl
 from harness.stages.online import run_online
+from harness.training.learner import NonFiniteLoss
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -75,17 +75,17 @@ STOP = {
 def scripted_setup(tmp_path, tiny_recipe, tiny_peft, scripted_backend):
     data = tmp_path / "train.jsonl"
     data.write_text("".join(json.dumps(row) + "\n" for row in TRAIN))
-    recipe = tiny_recipe(f"data.train.source={data}", "online.questions=3", "online.batch_pairs=1",
-                         "online.checkpoint_every=2", "online.curves=[trained, frozen]", "flow.chunk_size=64",
-                         "flow.max_chunks=3")
+    recipe = tiny_recipe(f"data.train.source={data}", "online.questions=3", "online.dpo.batch_pairs=1",
+                         "online.checkpoint_every=2", "online.curves=[trained, frozen]",
+                         "online.strategy.chunk_size=64", "online.strategy.max_chunks=3")
 
     def engine() -> Engine:
         """A fresh engine: new zero-adapter model (same seed) and a new scripted backend."""
         eng = Engine.__new__(Engine)
         eng.recipe = recipe
         eng.model, eng.tokenizer = tiny_peft()
-        eng.prompter = Prompter(eng.tokenizer, recipe.flow, recipe.model.chat_template)
-        eng.backend = scripted_backend(eng.tokenizer, eng.prompter, CHUNKS, STOP)
+        eng.prompter = Prompter(eng.tokenizer, recipe.strategy.answer_prompt, recipe.model.chat_template)
+        eng.backend = scripted_backend(eng.tokenizer, eng.prompter, CHUNKS, STOP, recipe.strategy)
         return eng
 
     return recipe, engine
@@ -161,10 +161,10 @@ class Crash(Exception):
 def crash_before_checkpoint(monkeypatch, at: int) -> None:
     real = online_mod.save_checkpoint
 
-    def save(folder, model, learners, position):
+    def save(folder, model, learners, agents, position, epochs=0):
         if position == at:
             raise Crash(position)
-        real(folder, model, learners, position)
+        real(folder, model, learners, agents, position, epochs)
 
     monkeypatch.setattr(online_mod, "save_checkpoint", save)
 
@@ -252,11 +252,11 @@ def test_cli_run_takes_overrides_before_or_after_run_dir(tmp_path, monkeypatch, 
     seen = {}
 
     def fake_stage(stage, recipe, run, engine=None):
-        seen.update(stage=stage, questions=recipe.online.questions, lr=recipe.online.lr, path=run.path)
+        seen.update(stage=stage, questions=recipe.online.questions, lr=recipe.online.dpo.lr, path=run.path)
         return {}
 
     monkeypatch.setattr(harness.pipeline, "run_stage", fake_stage)
-    overrides = ["online.questions=5", "online.lr=0.01"]
+    overrides = ["online.questions=5", "online.dpo.lr=0.01"]
     where = ["--run-dir", str(tmp_path / "run")]
     argv = ["run", "online", "tiny", *(where + overrides if overrides_last else overrides + where)]
     assert cli_main(argv) == 0
@@ -270,9 +270,10 @@ def test_cli_run_takes_overrides_before_or_after_run_dir(tmp_path, monkeypatch, 
 # at questions 1, 2, 3 and 5, of both agents at 1 and 3: before and after the checkpoint at 2 (and the one at 4).
 # The Stop threshold of 0.7 keeps the warm tiny model's Stop from saying yes after every first chunk.
 MODEL_ARGS = ["model.tiny.warmup_steps=300"]
-ARGS = [*MODEL_ARGS, "flow.chunk_size=12", "flow.max_chunks=3", "flow.temperature=1.0", "online.lr=0.001",
-        "online.questions=6", "online.checkpoint_every=2", "online.batch_pairs=1", "online.seed=2",
-        "flow.stop_threshold=0.7"]
+ARGS = [*MODEL_ARGS, "online.strategy.chunk_size=12", "online.strategy.max_chunks=3", "online.strategy.temperature=1.0",
+        "online.dpo.lr=0.001",
+        "online.questions=6", "online.checkpoint_every=2", "online.dpo.batch_pairs=1", "online.seed=2",
+        "online.strategy.stop_threshold=0.7"]
 
 
 def harness_cmd(run_dir: Path) -> list[str]:

@@ -75,7 +75,8 @@ def test_unpacked_wheel_reads_its_packaged_copies(wheel, tmp_path):
     zipfile.ZipFile(wheel).extractall(site)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    code = ("from harness.recipe import RECIPES_DIR, list_recipes; from harness.papers import PAPERS_DIR, list_papers;"
+    code = ("from harness.recipe import RECIPES_DIR, list_recipes; "
+            "from harness.reporting.papers import PAPERS_DIR, list_papers;"
             "print(RECIPES_DIR); print(PAPERS_DIR); print(','.join(list_recipes())); print(','.join(list_papers()))")
     env = {**os.environ, "PYTHONPATH": str(site)}
     out = run([sys.executable, "-c", code], cwd=elsewhere, env=env, timeout=120).stdout.splitlines()
@@ -89,8 +90,8 @@ def test_unpacked_wheel_reads_its_packaged_copies(wheel, tmp_path):
 def test_checkout_reads_top_level_recipes_and_papers():
     """In a checkout the top-level files are the ones used, so an edit to recipes/ shows at once."""
     import harness
-    from harness.papers import PAPERS_DIR
     from harness.recipe import RECIPES_DIR, recipe_path
+    from harness.reporting.papers import PAPERS_DIR
 
     if Path(harness.__file__).resolve().parent != REPO / "harness":
         pytest.skip("harness is installed from a wheel here, not imported from this checkout")

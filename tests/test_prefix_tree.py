@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness.backends.prefix_tree import pack
+from harness.generation.prefix_tree import pack
 
 PROMPTS = [[5, 6, 7, 8], [5, 6, 9], [5, 6, 7], [4, 6], [5, 6, 7, 8]]
 

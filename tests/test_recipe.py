@@ -23,11 +23,12 @@ def test_every_recipe_file_loads():
 def test_paper_recipes_match_tables_2_and_3():
     for name in ("llama3-8b", "phi3-medium"):
         r = load_recipe(name)
-        assert (r.online.lr, r.online.batch_pairs, r.online.beta, r.online.grad_clip) == (5e-6, 32, 1.0, 1.0)
-        assert r.online.optimizer == "adam"
-        for lora in (r.adapters.answer, r.adapters.stop):
+        dpo = r.online.dpo
+        assert (dpo.lr, dpo.batch_pairs, dpo.beta, dpo.grad_clip) == (5e-6, 32, 1.0, 1.0)
+        assert r.online.dpo.optimizer == "adam"
+        for lora in (r.adapters["answer"], r.adapters["stop"]):
             assert (lora.r, lora.alpha, lora.dropout, lora.targets) == (8, 8, 0.05, "all-linear")
-        assert (r.flow.max_chunks, r.flow.chunk_size) == (6, 160)
+        assert (r.strategy.max_chunks, r.strategy.chunk_size) == (6, 160)
         sft = r.compile.sft
         assert (sft.lr, sft.batch_size * sft.grad_accum, sft.grad_accum, sft.grad_clip, sft.warmup_ratio,
                 sft.epochs) == (2e-4, 16, 2, 1.0, 0.1, 3)
@@ -35,7 +36,8 @@ def test_paper_recipes_match_tables_2_and_3():
         assert r.data.train.format == "metamath" and "MetaMathQA" in r.data.train.source
         assert {t.name for t in r.eval.tasks} == {"gsm8k", "math"}
         assert r.paper is not None and r.paper.paper == "flow-dpo"
-        for key in ("online.lr", "online.batch_pairs", "flow.chunk_size", "compile.sft.lr", "flow.temperature"):
+        for key in ("online.dpo.lr", "online.dpo.batch_pairs", "online.strategy.chunk_size", "compile.sft.lr",
+                    "online.strategy.temperature"):
             assert key in r.sources, f"{name}: {key} has no source"
 
 
@@ -50,10 +52,10 @@ def tiny_text() -> str:
 
 
 def test_unknown_key_names_field_and_file(tmp_path):
-    path = write(tmp_path, "tiny", tiny_text().replace("  beta: 1.0", "  beta: 1.0\n  betta: 2.0"))
+    path = write(tmp_path, "tiny", tiny_text().replace("    beta: 1.0", "    beta: 1.0\n    betta: 2.0"))
     with pytest.raises(RecipeError) as err:
         load_recipe(str(path))
-    assert "online.betta" in str(err.value) and "unknown key" in str(err.value)
+    assert "online.dpo.betta" in str(err.value) and "unknown key" in str(err.value)
     assert str(path) in str(err.value)
 
 
@@ -61,25 +63,25 @@ def test_wrong_type_names_field_and_file(tmp_path):
     path = write(tmp_path, "tiny", tiny_text().replace("  chunk_size: 12", "  chunk_size: twelve"))
     with pytest.raises(RecipeError) as err:
         load_recipe(str(path))
-    assert "flow.chunk_size" in str(err.value) and str(path) in str(err.value)
+    assert "online.strategy.chunk_size" in str(err.value) and str(path) in str(err.value)
 
 
 def test_source_must_name_a_field(tmp_path):
-    path = write(tmp_path, "tiny", tiny_text().replace("  online.lr:", "  online.learning_rate:"))
+    path = write(tmp_path, "tiny", tiny_text().replace("  online.dpo.lr:", "  online.learning_rate:"))
     with pytest.raises(RecipeError, match="online.learning_rate"):
         load_recipe(str(path))
 
 
 def test_overrides_and_hash():
     base = load_recipe("tiny")
-    changed = load_recipe("tiny", ["online.lr=0.5", "flow.max_chunks=2"])
-    assert changed.online.lr == 0.5 and changed.flow.max_chunks == 2
+    changed = load_recipe("tiny", ["online.dpo.lr=0.5", "online.strategy.max_chunks=2"])
+    assert changed.online.dpo.lr == 0.5 and changed.strategy.max_chunks == 2
     assert changed.hash() != base.hash()
     assert load_recipe("tiny").hash() == base.hash()
-    with pytest.raises(RecipeError, match="flow.max_chunks"):
-        load_recipe("tiny", ["flow.max_chunks=zero"])
+    with pytest.raises(RecipeError, match="online.strategy.max_chunks"):
+        load_recipe("tiny", ["online.strategy.max_chunks=zero"])
     with pytest.raises(RecipeError, match="key.sub=value"):
-        load_recipe("tiny", ["flow.max_chunks"])
+        load_recipe("tiny", ["online.strategy.max_chunks"])
 
 
 def test_unknown_recipe_lists_known():
@@ -101,7 +103,7 @@ def test_cli_validate_and_list(tmp_path):
     bad = write(tmp_path, "tiny", tiny_text().replace("  beta: 1.0", "  beta: [1]"))
     res = cli("validate", str(bad))
     assert res.returncode != 0
-    assert "online.beta" in res.stderr and str(bad) in res.stderr
+    assert "online.dpo.beta" in res.stderr and str(bad) in res.stderr
 
 
 def test_cli_show_prints_resolved_recipe():
@@ -118,7 +120,7 @@ def test_runtime_is_outside_the_hash_and_a_run_resumes_after_changing_it(tmp_pat
     recipe = load_recipe("tiny")
     tuned = load_recipe("tiny", ["runtime.hf.max_batch=8", "runtime.dpo_micro_batch_tokens=512"])
     assert recipe.hash() == tuned.hash()
-    assert load_recipe("tiny", ["online.lr=0.5"]).hash() != recipe.hash()
+    assert load_recipe("tiny", ["online.dpo.lr=0.5"]).hash() != recipe.hash()
 
     RunDir(tmp_path).prepare(recipe)  # the object (and its lock) is gone at once, as a crashed process's would be
     RunDir(tmp_path).prepare(tuned)  # the run goes on with a smaller memory setting
@@ -128,22 +130,23 @@ def test_runtime_is_outside_the_hash_and_a_run_resumes_after_changing_it(tmp_pat
     assert change["fields"] == ["dpo_micro_batch_tokens", "hf.max_batch"]
     assert change["runtime"]["hf"]["max_batch"] == 8
     assert "max_batch: 8" in (tmp_path / "recipe.yaml").read_text()  # the recipe now in force
-    with pytest.raises(RunError, match="fields that differ: online.lr"):
-        RunDir(tmp_path).prepare(load_recipe("tiny", ["online.lr=0.5"]))
+    with pytest.raises(RunError, match="fields that differ: online.dpo.lr"):
+        RunDir(tmp_path).prepare(load_recipe("tiny", ["online.dpo.lr=0.5"]))
 
 
 def test_paper_recipes_follow_the_paper_where_it_is_explicit():
     for name in ("llama3-8b", "phi3-medium"):
         r = load_recipe(name)
-        assert r.online.update == "per_question" and r.online.question_batch == 1  # "updating in real-time"
+        assert r.online.dpo.update == "per_question" and r.online.question_batch == 1  # "updating in real-time"
         assert r.data.compile.limit == 1500  # §3.3: a subset of 1,500 MetaMath prompts
-        assert "candidate solution is correct" in r.flow.stop_prompt.system + r.flow.stop_prompt.user
-        assert r.flow.answer_prompt.system.startswith("You are a helpful math assistant")
-        assert r.eval.max_gen_toks >= r.flow.chunk_size * r.flow.max_chunks
+        assert "candidate solution is correct" in r.strategy.stop_prompt.system + r.strategy.stop_prompt.user
+        assert r.strategy.answer_prompt.system.startswith("You are a helpful math assistant")
+        assert r.eval.max_gen_toks >= r.strategy.chunk_size * r.strategy.max_chunks
         assert {t.name: t.metric for t in r.eval.tasks} == {"gsm8k": "exact_match,flexible-extract",
                                                             "math": "math_verify,none"}
         assert r.compile.temperature == r.baseline.temperature  # self and Flow traces sampled alike
-        for key in ("online.update", "data.compile", "flow.stop_prompt", "runtime.vllm.gpu_memory_utilization",
+        for key in ("online.dpo.update", "data.compile", "online.strategy.stop_prompt",
+                    "runtime.vllm.gpu_memory_utilization",
                     "eval.max_gen_toks"):
             assert key in r.sources, f"{name}: {key} has no source"
 

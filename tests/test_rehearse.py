@@ -17,7 +17,7 @@ from harness.rehearse import BUNDLED_TASKS, rehearsal
 from harness.rundir import read_jsonl
 
 ALLOWED = {"model.name", "model.tiny.family", "model.tiny.warmup_steps", "model.dtype", "runtime.device",
-           "online.questions", "online.question_batch", "online.checkpoint_every", "flow.chunk_size",
+           "online.questions", "online.question_batch", "online.checkpoint_every", "online.strategy.chunk_size",
            "compile.sft.lr", "backend", "eval.backend", "runtime.vllm.sleep_during_updates",
            "runtime.vllm.enforce_eager"}
 """Fields a rehearsal may change besides data sources and eval task names/limits."""
@@ -45,9 +45,9 @@ def test_rehearsal_changes_only_what_a_cpu_cannot_hold(name):
     for task in rehearsed.eval.tasks:  # built-in tasks need hub data; each has a bundled stand-in
         assert task.lm_eval_task.startswith("harness_")
     # kept as written: prompts, update mode, learner memory settings, metrics, SFT batch layout
-    assert rehearsed.flow.answer_prompt == recipe.flow.answer_prompt
-    assert rehearsed.flow.stop_prompt == recipe.flow.stop_prompt
-    assert rehearsed.online.update == recipe.online.update
+    assert rehearsed.strategy.answer_prompt == recipe.strategy.answer_prompt
+    assert rehearsed.strategy.stop_prompt == recipe.strategy.stop_prompt
+    assert rehearsed.online.dpo.update == recipe.online.dpo.update
     assert rehearsed.runtime.gradient_checkpointing == recipe.runtime.gradient_checkpointing
     assert [t.metric for t in rehearsed.eval.tasks] == [t.metric for t in recipe.eval.tasks]
     assert rehearsed.compile.sft.batch_size == recipe.compile.sft.batch_size

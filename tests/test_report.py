@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 import yaml
 
-from harness.compare import CompareError, compare, parse_fail_below, run_metrics, two_proportion_z
-from harness.report import load_run, wilson, write_report
+from harness.reporting.compare import CompareError, compare, parse_fail_below, run_metrics, two_proportion_z
+from harness.reporting.report import load_run, wilson, write_report
 from harness.stages.online import summarize
 
 Z = 1.959963984540054
@@ -151,7 +151,7 @@ def make_run(
 
 
 def wilson_ref(k: float, n: float) -> list[float]:
-    """Wilson score interval, written out independently of harness.report."""
+    """Wilson score interval, written out independently of harness.reporting.report."""
     p = k / n
     center = (2 * k + Z**2) / (2 * (n + Z**2))
     half = Z * math.sqrt(n * p * (1 - p) + Z**2 / 4) / (n + Z**2)

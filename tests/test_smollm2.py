@@ -12,20 +12,21 @@ pytestmark = [pytest.mark.slow,
 
 def test_real_model_answers_arithmetic_through_the_flow():
     from harness.data import load_source
-    from harness.engine import Engine
+    from harness.generation.engine import Engine
     from harness.recipe import load_recipe
+    from harness.strategies.answers import one_pass
 
-    recipe = load_recipe("smollm2-135m", ["flow.temperature=0"])
+    recipe = load_recipe("smollm2-135m", ["online.strategy.temperature=0"])
     engine = Engine(recipe)
     records = load_source(recipe.data.train).records[:8]
-    single = engine.single_pass(records, 0.0, seed=0)
+    single = one_pass(engine.backend, engine.prompter, records, None, engine.base_answer_budget(), 0.0, 1.0, seed=0)
     # measured: about half of these one-step questions right greedily; a broken load or template gives ~0
     assert sum(t.correct for t in single) >= 2
     assert all(t.text.strip() for t in single)
-    from harness.flow import Flow
+    from harness.strategies.flow import Flow
 
-    flow = Flow(engine.backend, engine.prompter, recipe.flow)
+    flow = Flow(engine.backend, engine.prompter, recipe.strategy)
     traces = flow.run([flow.start(r.question, r.answer, r.task) for r in records], seed=0)
-    assert all(len(t.chunks) <= recipe.flow.max_chunks for t in traces)
+    assert all(len(t.chunks) <= recipe.strategy.max_chunks for t in traces)
     assert all(t.answer_ids == [i for c in t.chunks for i in c] for t in traces)
     assert sum(t.correct for t in traces) >= 2

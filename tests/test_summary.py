@@ -12,10 +12,10 @@ import pytest
 from test_report import NUM, allowed_tokens, close, make_run, progress_line, wilson_ref
 
 from harness.cli import main
-from harness.compare import compare, two_proportion_z
-from harness.report import write_report
+from harness.reporting.compare import compare, two_proportion_z
+from harness.reporting.report import write_report
+from harness.reporting.summary import render_report, want_color
 from harness.stages.online import summarize
-from harness.summary import render_report, want_color
 
 LLAMA = {"paper": "flow-dpo", "model": "llama3-8b"}
 FLEX = "sft-flow/gsm8k/exact_match,flexible-extract"

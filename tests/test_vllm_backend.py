@@ -18,8 +18,9 @@ pytest.importorskip("vllm")
 
 import torch  # noqa: E402
 
-from harness.backends.hf import HFBackend  # noqa: E402
-from harness.backends.vllm import VLLMBackend  # noqa: E402
+from harness.generation.backend import yes_probability  # noqa: E402
+from harness.generation.hf import HFBackend  # noqa: E402
+from harness.generation.vllm import VLLMBackend  # noqa: E402
 from harness.models import load_base, with_adapters  # noqa: E402
 from harness.recipe import LoraSpec, ModelConfig  # noqa: E402
 
@@ -109,8 +110,8 @@ def test_adapter_update_is_served(setup):
 def test_yes_probability_matches_hf(setup, adapter, rule):
     tok = setup["tok"]
     yes_id, no_id = tok.convert_tokens_to_ids("Y"), tok.convert_tokens_to_ids("N")
-    a = setup["hf"].yes_probability(setup["prompts"], adapter, yes_id, no_id, rule)
-    b = setup["vllm"].yes_probability(setup["prompts"], adapter, yes_id, no_id, rule)
+    a = yes_probability(setup["hf"], setup["prompts"], adapter, yes_id, no_id, rule)
+    b = yes_probability(setup["vllm"], setup["prompts"], adapter, yes_id, no_id, rule)
     assert b == pytest.approx(a, abs=TOL)
 
 
@@ -140,7 +141,7 @@ def test_online_stage_runs_on_vllm(tmp_path):
 
     run_dir = tmp_path / "run"
     res = subprocess.run([sys.executable, "-m", "harness.cli", "run", "online", "tiny", "--run-dir", str(run_dir),
-                          "backend=vllm", "online.questions=6", "online.batch_pairs=1"],
+                          "backend=vllm", "online.questions=6", "online.dpo.batch_pairs=1"],
                          capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, res.stderr[-3000:]
     lines = [json.loads(x) for x in (run_dir / "online/progress.jsonl").read_text().splitlines()]
@@ -163,3 +164,46 @@ def test_prefix_cache_serves_a_prompt_that_extends_an_earlier_one(setup):
     vllm.generate([prompt + first], "answer", 4, 0.0)
     # whole 32-token blocks of the earlier prompt are served from the cache (the CPU default block is 128)
     assert vllm.cached_tokens - before >= 64
+
+
+def test_per_prompt_temperatures_match_hf_on_greedy_rows_and_equal_temperatures_match_one(setup):
+    hf, vllm, prompts = setup["hf"], setup["vllm"], setup["prompts"]
+    temperatures = [0.0, 0.8, 0.0, 0.8]
+    mixed = vllm.generate(prompts, "answer", MAX_NEW, temperatures, n=2, seed=5)
+    greedy = hf.generate(prompts, "answer", MAX_NEW, 0.0, n=2)
+    for t, row, greedy_row in zip(temperatures, mixed, greedy):
+        if t == 0.0:
+            assert ids([row]) == ids([greedy_row])
+    # each request carries its own seed: equal per-prompt temperatures are the one-temperature call
+    assert ids(vllm.generate(prompts, "answer", 8, [0.8] * 4, n=2, seed=5)) == ids(
+        vllm.generate(prompts, "answer", 8, 0.8, n=2, seed=5))
+
+
+def test_stop_sequences_match_hf(setup):
+    """One-id stops go to vLLM's stop_token_ids, longer ones are cut out of the returned ids: both as in HF."""
+    hf, vllm, prompts = setup["hf"], setup["vllm"], setup["prompts"]
+    free = [row[0].token_ids for row in hf.generate(prompts, None, MAX_NEW, 0.0)]
+    longest = max(range(len(prompts)), key=lambda i: len(free[i]))
+    assert len(free[longest]) >= 8
+    for stop in ([[free[longest][4]]], [free[longest][5:7]]):
+        a = hf.generate(prompts, None, MAX_NEW, 0.0, stop=stop)
+        b = vllm.generate(prompts, None, MAX_NEW, 0.0, stop=stop)
+        assert ids(a) == ids(b), stop
+        assert [(s.finished, s.stopped) for row in a for s in row] == [(s.finished, s.stopped) for row in b
+                                                                        for s in row]
+        assert a[longest][0].stopped and len(a[longest][0].token_ids) < len(free[longest])
+        for row_a, row_b in zip(a, b):
+            assert row_a[0].logprobs == pytest.approx(row_b[0].logprobs, abs=TOL)
+
+
+@pytest.mark.parametrize("adapter", [None, "stop"])
+def test_next_token_logprobs_and_the_yes_helper_match_hf(setup, adapter):
+    tok, hf, vllm, prompts = setup["tok"], setup["hf"], setup["vllm"], setup["prompts"]
+    token_ids = [tok.convert_tokens_to_ids("Y"), tok.convert_tokens_to_ids("N"), tok.eos_token_id, 0]
+    a = hf.next_token_logprobs(prompts, adapter, token_ids)
+    b = vllm.next_token_logprobs(prompts, adapter, token_ids)
+    for row_a, row_b in zip(a, b, strict=True):
+        assert row_b == pytest.approx(row_a, abs=TOL)
+    yes_id, no_id = token_ids[:2]
+    assert yes_probability(vllm, prompts, adapter, yes_id, no_id, "yes_vs_no") == pytest.approx(
+        yes_probability(hf, prompts, adapter, yes_id, no_id, "yes_vs_no"), abs=TOL)

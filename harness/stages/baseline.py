@@ -9,10 +9,11 @@ import time
 
 from harness.batches import run_batches
 from harness.data import load_source
-from harness.engine import Engine
+from harness.generation.engine import Engine
 from harness.recipe import Recipe
 from harness.rundir import RunDir
 from harness.seeds import seed_for
+from harness.strategies.answers import one_pass
 
 STAGE = "baseline"
 
@@ -26,11 +27,11 @@ def run_baseline(recipe: Recipe, run: RunDir, engine: Engine) -> dict:
     jobs = [(record, k) for record in loaded.records for k in range(cfg.samples)]
 
     def work(number: int, batch) -> list[dict]:
-        traces = engine.single_pass([r for r, _ in batch], cfg.temperature,
-                                    seed_for(recipe.online.seed, STAGE, number))
-        return [{"id": r.id, "sample": k, "prompt_ids": t.prompt_ids, "answer_ids": t.answer_ids,
-                 "text": t.text, "extracted": t.extracted, "correct": t.correct, "end": t.end}
-                for (r, k), t in zip(batch, traces)]
+        answers = one_pass(engine.backend, engine.prompter, [r for r, _ in batch], None, engine.base_answer_budget(),
+                           cfg.temperature, recipe.strategy.top_p, seed_for(recipe.online.seed, STAGE, number))
+        return [{"id": r.id, "sample": k, "prompt_ids": a.prompt_ids, "answer_ids": a.answer_ids,
+                 "text": a.text, "extracted": a.extracted, "correct": a.correct, **a.log}
+                for (r, k), a in zip(batch, answers)]
 
     lines = run_batches(run.stage(STAGE) / "traces.jsonl", jobs, cfg.batch_size, work)
     correct = sum(line["correct"] for line in lines)

@@ -1,7 +1,7 @@
 """Stage `compile`: three SFT sets on the same compile prompts, and one LoRA SFT of the base model per set.
 
 Sets (Flow-DPO, arXiv 2410.22304 §3.3, the compile phase), all as token ids `{id, prompt_ids, completion_ids}`:
-  flow          correct traces of the trained Flow (its chunks concatenated, exactly as generated);
+  flow          correct answers of the trained policy (Flow-DPO: its Flow, chunks concatenated as generated);
   self          correct single-pass answers of the base model (the baseline stage's traces);
   ground_truth  the dataset's solutions (dataset text: the one place text is tokenized into a target).
 Every completion ends with an end id, whatever ended its generation (Stop, `max_chunks`, a single pass's budget):
@@ -26,7 +26,6 @@ from harness.batches import run_batches
 from harness.console import Progress
 from harness.data import load_source
 from harness.distributed import is_main, local_rank, wait_for, world_size
-from harness.flow import Flow
 from harness.metrics import open_metrics
 from harness.models import chat_example, free_memory, resolve_device
 from harness.pipeline import LazyEngine
@@ -34,6 +33,7 @@ from harness.recipe import Recipe
 from harness.rundir import RunDir, RunError, read_jsonl, write_json, write_jsonl
 from harness.seeds import seed_for
 from harness.stages.online import load_trained_adapters
+from harness.strategies import build_strategy
 
 STAGE = "compile"
 
@@ -108,16 +108,15 @@ def collect(source: str, recipe: Recipe, run: RunDir, lazy: LazyEngine, records)
         return [{"id": line["id"], "prompt_ids": line["prompt_ids"],
                  "completion_ids": with_eos(line["answer_ids"], eos, ends), "chunks": 1} for line in lines]
     load_trained_adapters(run.path / "online", engine.model)
-    engine.backend.adapters_updated(["answer", "stop"])
+    strategy = build_strategy(recipe.strategy, engine)
+    engine.backend.adapters_updated(strategy.agents)
     cfg = recipe.compile
-    flow = Flow(engine.backend, engine.prompter, recipe.flow.model_copy(update={"temperature": cfg.temperature}),
-                "answer", "stop")
     jobs = [r for r in records for _ in range(cfg.flow_samples)]
 
     def work(number: int, batch) -> list[dict]:
-        traces = flow.run([flow.start(r.question, r.answer, r.task) for r in batch], seed_for(cfg.seed, STAGE, number))
-        return [{"id": r.id, "correct": t.correct, "prompt_ids": t.prompt_ids, "completion_ids": t.answer_ids,
-                 "chunks": len(t.chunks), "end": t.end} for r, t in zip(batch, traces)]
+        solutions = strategy.solve(batch, seed_for(cfg.seed, STAGE, number), temperature=cfg.temperature)
+        return [{"id": r.id, "correct": s.correct, "prompt_ids": s.prompt_ids, "completion_ids": s.answer_ids,
+                 "chunks": s.log.get("chunks", 1), "end": s.log.get("end")} for r, s in zip(batch, solutions)]
 
     lines = run_batches(run.stage(STAGE) / "flow_traces.jsonl", jobs, cfg.batch_size, work)
     return [{"id": line["id"], "prompt_ids": line["prompt_ids"], "chunks": line["chunks"],

@@ -13,8 +13,8 @@ import json
 import time
 
 from harness.console import Progress
-from harness.engine import vllm_engine_kwargs
-from harness.evaluate import check_adapter_applied, evaluate_model
+from harness.evaluation.lm_eval import check_adapter_applied, evaluate_model
+from harness.generation.engine import vllm_engine_kwargs
 from harness.models import free_memory, saved_model_folder
 from harness.recipe import Recipe
 from harness.rundir import RunDir
@@ -24,13 +24,14 @@ STAGE = "evaluate"
 
 def engine_args(recipe: Recipe) -> dict:
     """How lm-eval loads the model: the recipe's dtype, and the runtime's device (hf) or engine settings (vllm)."""
+    remote = {"trust_remote_code": True} if recipe.model.trust_remote_code else {}
     if recipe.eval.backend == "vllm":
         args = vllm_engine_kwargs(recipe)
         args.pop("enable_sleep_mode", None)
         return args | {"dtype": recipe.model.dtype, "seed": recipe.online.seed}
     from harness.models import resolve_device
 
-    return {"dtype": recipe.model.dtype, "device": str(resolve_device(recipe.runtime.device))}
+    return {"dtype": recipe.model.dtype, "device": str(resolve_device(recipe.runtime.device))} | remote
 
 
 def run_evaluate(recipe: Recipe, run: RunDir) -> dict:

