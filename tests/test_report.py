@@ -11,8 +11,10 @@ from typing import Any
 import pytest
 import yaml
 
-from harness.reporting.compare import CompareError, compare, parse_fail_below, run_metrics, two_proportion_z
-from harness.reporting.report import load_run, wilson, write_report
+from harness.reporting.compare import CompareError, compare, parse_fail_below, run_metrics
+from harness.reporting.report import write_report
+from harness.reporting.run_folder import load_run
+from harness.reporting.stats import two_proportion_z, wilson
 from harness.stages.online import summarize
 
 Z = 1.959963984540054
@@ -89,15 +91,17 @@ def make_run(
     stages: tuple[str, ...] = ("online", "baseline", "compile", "evaluate"),
     shift: int = 0,
     eval_scale: float = 1.0,
+    strategy: str | None = None,
+    lines: list[dict] | None = None,
 ) -> Path:
-    """A run folder in the stages' formats, with known values."""
+    """A run folder in the stages' formats, with known values (`lines`: progress lines instead of progress_line's)."""
     run = root / name
     run.mkdir(parents=True)
     recipe = {
         "name": "fake",
         "description": "A fake run for tests.",
         "paper": paper,
-        "online": {"questions": 20},
+        "online": {"questions": 20} | ({"strategy": {"name": strategy}} if strategy else {}),
     }
     (run / "recipe.yaml").write_text(yaml.safe_dump(recipe))
     provenance = {
@@ -114,7 +118,7 @@ def make_run(
     (run / "provenance.json").write_text(json.dumps(provenance))
     if "online" in stages:
         (run / "online").mkdir()
-        lines = [progress_line(i, shift) for i in range(N_LINES)]
+        lines = lines if lines is not None else [progress_line(i, shift) for i in range(N_LINES)]
         (run / "online" / "progress.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
         done = summarize(lines) | {  # what the online stage writes
             "skipped_rows": [],
@@ -226,7 +230,7 @@ def test_report_numbers_equal_the_run_files(tmp_path: Path) -> None:
         "report.html",
         "report.json",
         "progressive.png",
-        "pairs_by_chunk.png",
+        "pairs_by_node.png",
         "time.png",
     ):
         assert (folder / name).stat().st_size > 0, name
@@ -308,7 +312,7 @@ def test_report_numbers_equal_the_run_files(tmp_path: Path) -> None:
         for node in x["pair_nodes"]:
             agent, idx = node.split(":")
             counts.setdefault(idx, {"answer": 0, "stop": 0})[agent] += 1
-    assert tr["pairs_by_chunk"] == counts
+    assert tr["pairs_by_node"] == counts and list(tr["pairs_by_node"]) == ["0", "1", "2"]
     ups = [u for x in lines for u in x["updates"].get("answer", [])]
     assert tr["updates"]["answer"]["steps"] == 4 and tr["updates"]["answer"]["pairs"] == 16
     assert close(tr["updates"]["answer"]["mean_loss"], sum(u["loss"] for u in ups) / 4)
@@ -365,8 +369,9 @@ def test_report_skips_stages_that_did_not_run(tmp_path: Path) -> None:
     out = tmp_path / "out"
     out.mkdir()
     (out / "table1.png").write_bytes(b"stale")
+    (out / "pairs_by_chunk.png").write_bytes(b"stale")  # the name an earlier report gave the pairs figure
     md = write_report(run, out).read_text()
-    assert not (out / "table1.png").exists()
+    assert not (out / "table1.png").exists() and not (out / "pairs_by_chunk.png").exists()
     for note in (
         "Online stage has not run",
         "Evaluate stage has not run",

@@ -12,8 +12,9 @@ import pytest
 from test_report import NUM, allowed_tokens, close, make_run, progress_line, wilson_ref
 
 from harness.cli import main
-from harness.reporting.compare import compare, two_proportion_z
+from harness.reporting.compare import compare
 from harness.reporting.report import write_report
+from harness.reporting.stats import two_proportion_z
 from harness.reporting.summary import render_report, want_color
 from harness.stages.online import summarize
 
@@ -61,14 +62,14 @@ def test_report_text_summary_numbers(llama_run: Path, capsys: pytest.CaptureFixt
     assert "\x1b" not in out  # captured stdout is no terminal
     # progressive accuracy: value, Wilson CI, correct, n per curve
     lo, hi = wilson_ref(13, 20)
-    assert row(out, "Flow trained online") == [
-        "Flow trained online",
+    assert row(out, "trained online") == [
+        "trained online",
         "65.0",
         f"[{100 * lo:.1f}, {100 * hi:.1f}]",
         "13",
         "20",
     ]
-    assert row(out, "single model zero-shot")[1:] == ["20.0", "[7.0, 45.2]", "3", "15"]
+    assert row(out, "zero-shot (base, one pass)")[1:] == ["20.0", "[7.0, 45.2]", "3", "15"]
     # Table 1: metric and n in the column header, the paper and Δ beside each value
     assert "gsm8k flexible-extract n=200" in out and "math exact_match n=100" in out
     assert row(out, "SFT Flow-generated") == [
@@ -110,7 +111,7 @@ def test_report_text_summary_of_a_two_of_four_curve(tmp_path: Path) -> None:
     text = render_report(write_report(run).parent, "text")
     lo, hi = wilson_ref(2, 4)
     assert f"[{100 * lo:.1f}, {100 * hi:.1f}]" == "[15.0, 85.0]"
-    assert row(text, "Flow trained online")[1:] == ["50.0", "[15.0, 85.0]", "2", "4"]
+    assert row(text, "trained online")[1:] == ["50.0", "[15.0, 85.0]", "2", "4"]
     assert "Progressive accuracy (4 questions)" in text
     assert "Table 1: the evaluate stage has not run." in text and "SFT sets: the compile stage has not run." in text
 

@@ -11,6 +11,11 @@ Metric names (all are proportions 0..1 with an n read from the run folder):
 Every later run is compared with the first: Δ in percentage points and the two-sided p-value of a pooled
 two-proportion z-test (k = value * n). Runs on the same questions are paired, so the z-test is conservative.
 
+Above the metrics, one row per run (`run_facts`): its strategy (`online.strategy.name`), questions logged, pairs per
+question of each agent, generated tokens and online wall seconds per question, and for later runs the paired test
+of progressive accuracy against run 1 (exact McNemar on `correct_before` of the shared question ids; a note names
+the runs whose ids differ from run 1's).
+
 `fail_below={"METRIC": DELTA}`: exit code 1 when a later run's METRIC is lower than the first run's by more
 than DELTA, or lacks it. DELTA is a proportion (0.02 = 2 points); a negative DELTA demands an improvement.
 
@@ -21,15 +26,14 @@ benchmark = eval task name, headline metric (flexible-extract for gsm8k, else th
 Published numbers that no run measured get their own rows (`sft-flow/gsm8k`, or `paper:METHOD/BENCH` for
 methods with no run label).
 
-Formats (`fmt`): `text` an aligned terminal table (each run's value with its 95% Wilson CI, Δ and p vs run 1,
+Formats (`fmt`): `text` aligned terminal tables (each run's value with its 95% Wilson CI, Δ and p vs run 1,
 the paper's columns), `md` markdown tables, `json` the numbers as one object (`comparison()`: values and CIs as
-proportions, Δ in points, published numbers in %). The gate's lines and exit code are the same in all three.
+proportions, Δ in points, published numbers in %, each run's facts under `runs`). The gate's lines and exit code are the same in all three.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,8 +41,11 @@ from pathlib import Path
 from tabulate import tabulate
 
 from harness.progress import CURVES
+from harness.reporting.eval_metrics import headline_metric
 from harness.reporting.papers import Paper, load_paper
-from harness.reporting.report import Run, headline_metric, load_run, wilson
+from harness.reporting.run_facts import paired, run_facts
+from harness.reporting.run_folder import Run, load_run
+from harness.reporting.stats import two_proportion_z, wilson
 
 FORMATS = ("text", "md", "json")
 WRAP = 110
@@ -85,18 +92,6 @@ def run_metrics(run: Run) -> tuple[dict[str, Metric], dict[tuple[str, str], str]
             if head:
                 headlines[(label, str(rec.get("task")))] = f"{label}/{rec.get('task')}/{head}"
     return out, headlines
-
-
-def two_proportion_z(k1: float, n1: float, k2: float, n2: float) -> tuple[float, float]:
-    """Pooled two-proportion z-test of p2 - p1: (z, two-sided p-value); (0, 1) when undefined."""
-    if n1 <= 0 or n2 <= 0:
-        return 0.0, 1.0
-    pooled = (k1 + k2) / (n1 + n2)
-    se = math.sqrt(pooled * (1 - pooled) * (1 / n1 + 1 / n2))
-    if se == 0:
-        return 0.0, 1.0
-    z = (k2 / n2 - k1 / n1) / se
-    return z, math.erfc(abs(z) / math.sqrt(2))
 
 
 def parse_fail_below(items: list[str]) -> dict[str, float]:
@@ -215,8 +210,13 @@ def comparison(
             }
         )
     checks, code = _gate(loaded, measured, labels, fail_below)
+    facts = [
+        {"label": label, "name": r.name, "path": str(r.path), **run_facts(r)}
+        | {"paired": paired(loaded[0], r) if i else None}
+        for i, (label, r) in enumerate(zip(labels, loaded, strict=True))
+    ]
     return {
-        "runs": [{"label": lab, "name": r.name, "path": str(r.path)} for lab, r in zip(labels, loaded, strict=True)],
+        "runs": facts,
         "paper": _paper_info(pap, models) if pap else None,
         "metrics": rows,
         "gate": {"fail_below": fail_below, "checks": checks, "exit_code": code},
@@ -273,6 +273,49 @@ def _statement_lines(paper: dict) -> list[str]:
     ]
 
 
+def _runs_table(data: dict) -> tuple[list[str], list[list[str]]]:
+    """(headers, one row per run): strategy, questions, pairs/tokens/seconds per question, paired Δ and p vs run 1."""
+    agents = sorted({a for r in data["runs"] for a in r["pairs_per_question"]})
+    headers = ["run", "strategy", "questions"] + [f"{a} pairs/q" for a in agents]
+    headers += ["tokens/q", "seconds/q", "shared ids", "paired Δ pts", "McNemar p"]
+    rows = []
+    for i, r in enumerate(data["runs"]):
+        pairs = r["pairs_per_question"]
+        row = [f"run {i + 1}", r["strategy"] or "–", str(r["questions"])]
+        row += [f"{pairs[a]:.2f}" if a in pairs else "–" for a in agents]
+        row += [_num(r["tokens_per_question"], 1), _num(r["seconds_per_question"], 2)]
+        pair = r["paired"]
+        if pair is None or pair["p_value"] is None:
+            row += ["" if pair is None else "0", "", ""]
+        else:
+            row += [str(pair["shared"]), f"{pair['delta_points']:+.1f}", _p_text(pair["p_value"])]
+        rows.append(row)
+    return headers, rows
+
+
+def _num(x: float | None, digits: int) -> str:
+    return "–" if x is None else f"{x:.{digits}f}"
+
+
+def _paired_lines(data: dict) -> list[str]:
+    """What the runs table's per-question and paired columns are, and each later run whose question ids differ."""
+    lines = [
+        "Per question of online/progress.jsonl: pairs per agent, generated tokens, online seconds (sum of the phases). "
+        "Paired vs run 1: Δ points of correct_before on the question ids both runs logged, two-sided exact McNemar "
+        "test."
+    ]
+    for r in data["runs"][1:]:
+        pair = r["paired"]
+        if pair["shared"] == 0:
+            lines.append(f"{r['label']}: no question id in common with run 1: no paired test.")
+        elif not pair["same_ids"]:
+            lines.append(
+                f"{r['label']}: question ids differ from run 1's ({pair['shared']} shared, {pair['only_in_first']} "
+                f"only in run 1, {pair['only_in_later']} only in this run): the paired test uses the shared ones."
+            )
+    return lines
+
+
 def render_md(data: dict) -> str:
     """Markdown: one github table, Δ and p in each later run's cell, the paper's columns and its claims."""
     pap = data["paper"]
@@ -286,6 +329,9 @@ def render_md(data: dict) -> str:
             cells += [_paper_value(row, m) for m in pap["models"]] + ["; ".join(row["paper_sources"])]
         rows.append(cells)
     lines = [f"{r['label']}  (recipe {r['name']}, {r['path']})" for r in data["runs"]]
+    run_headers, run_rows = _runs_table(data)
+    lines += ["", tabulate(run_rows, headers=run_headers, tablefmt="github", disable_numparse=True), ""]
+    lines += _paired_lines(data)
     lines += ["", tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True), ""]
     lines.append("Values in %; (Δ points vs run 1, two-sided pooled two-proportion z-test p); n from the run files.")
     if pap is not None:
@@ -341,6 +387,10 @@ def render_text(data: dict) -> str:
         for row in data["metrics"]
     ]
     lines = [f"{r['label']}  (recipe {r['name']}, {r['path']})" for r in data["runs"]]
+    run_headers, run_rows = _runs_table(data)
+    run_align = ["left", "left"] + ["right"] * (len(run_headers) - 2)
+    lines += ["", tabulate(run_rows, headers=run_headers, tablefmt="simple", disable_numparse=True, colalign=run_align)]
+    lines += [""] + [w for line in _paired_lines(data) for w in _wrap(line)]
     table = tabulate(rows, headers=headers, tablefmt="simple", disable_numparse=True, colalign=align)
     lines += ["", table, ""]
     lines += _wrap(

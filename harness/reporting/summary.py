@@ -15,7 +15,8 @@ from typing import IO, Any
 
 from tabulate import tabulate
 
-from harness.reporting.report import CURVE_NAMES, ROW_NAMES, metric_label
+from harness.reporting.eval_metrics import metric_label
+from harness.reporting.names import CURVE_NAMES, ROW_NAMES
 
 FORMATS = ("text", "md", "json")
 WRAP = 110
@@ -90,12 +91,12 @@ def _wrap(text: str) -> str:
 
 
 def _header(run: dict, color: bool) -> str:
-    """Recipe, run folder, paper ref, stage statuses and the report's notes."""
+    """Recipe, run folder, strategy, paper ref, stage statuses and the report's notes."""
     paper = run.get("paper")
     ref = f"{paper['paper']} / {paper['model']}" if paper else "none"
     stages = ", ".join(f"{s} {st}" for s, st in run["stages"].items())
     lines = [_title(f"Run report: {run['recipe']}", color) + f"  ({run['path']})"]
-    lines.append(_wrap(f"paper: {ref}; stages: {stages}"))
+    lines.append(_wrap(f"strategy: {run.get('strategy') or 'not named'}; paper: {ref}; stages: {stages}"))
     lines += [_wrap(f"note: {n}") for n in run.get("notes") or []]
     return "\n".join(lines)
 

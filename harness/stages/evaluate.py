@@ -1,10 +1,12 @@
-"""Stage `evaluate`: lm-eval on the base model and on every SFT model of the compile stage.
+"""Stage `evaluate`: lm-eval on the base model, on every SFT model of the compile stage and, for a one-agent
+strategy (MCTS-DPO, SCDPO, naive DPO), on its online-trained policy (`online-policy`: the model those papers report).
 
 Every model is evaluated from saved weights, the way lm-eval loads them: the base model's folder (or hub id) and,
 for an SFT model, its adapter folder (`peft=` for hf, a LoRA request for vllm). No second in-memory copy is
 made, and the generation engine is closed before this stage, so the evaluating engine has the device to itself.
 The base model is evaluated first; each SFT adapter's per-sample outputs are then checked against it, so an adapter
-that was silently not applied (outputs identical on every sample) stops the run instead of reporting base scores.
+that was silently not applied (outputs identical on every sample) stops the run instead of reporting base scores
+(not the online policy's: a short stream may rightly leave every greedy answer as it was).
 """
 
 from __future__ import annotations
@@ -40,6 +42,9 @@ def run_evaluate(recipe: Recipe, run: RunDir) -> dict:
     folder = run.stage(STAGE)
     start = time.perf_counter()
     adapters: dict[str, str | None] = {"base": None}
+    if run.is_done("online") and recipe.strategy.agents() == ["policy"]:
+        # a one-agent method's online adapter is the paper's trained model (MCTS-DPO Table 1, SCDPO Table 2)
+        adapters["online-policy"] = str(run.path / "online" / "adapters" / "policy")
     if run.is_done("compile"):
         for source, result in run.summary("compile")["sft"].items():
             if result.get("adapter"):
@@ -56,7 +61,7 @@ def run_evaluate(recipe: Recipe, run: RunDir) -> dict:
                            engine_args=engine_args(recipe),
                            on_task=lambda task, label=label: shown.update(1, model=label, task=task))
             free_memory()
-        if adapter is not None:
+        if adapter is not None and label != "online-policy":  # few online steps may leave greedy answers as they were
             check_adapter_applied(folder / "base", folder / label)
         models[label] = list(json.loads(done.read_text()).values())
     shown.close()

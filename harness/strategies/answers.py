@@ -1,7 +1,8 @@
 """One-pass answers: the policy (or the base model) writes a whole answer in one generation, graded.
 
-Every strategy's single-agent progressive validation, the zero-shot curve, the baseline stage and the compile
-stage's policy traces are this; only Flow-DPO answers through its Flow.
+Every one-agent strategy's progressive validation, the zero-shot curve, the baseline stage and the compile stage's
+policy traces are this; only Flow-DPO answers through its Flow. `OnePassPolicy` is what the one-agent strategies
+(MCTS-DPO, SCDPO, naive DPO) share: the `policy` adapter and its `solve`.
 """
 
 from __future__ import annotations
@@ -11,7 +12,11 @@ from harness.evaluation.grading import grade
 from harness.generation.backend import Backend
 from harness.generation.prompts import Prompter
 from harness.seeds import round_seed
-from harness.strategies.base import Solution
+from harness.strategies.base import PolicyConfig, Solution
+from harness.training.learner import Pair
+
+AGENT = "policy"
+"""The one adapter of a one-agent strategy."""
 
 
 def one_pass(backend: Backend, prompter: Prompter, records: list[Record], adapter: str | None, budget: int,
@@ -28,3 +33,24 @@ def one_pass(backend: Backend, prompter: Prompter, records: list[Record], adapte
                             extracted=result.extracted, correct=result.correct, tokens=len(sample.token_ids),
                             log={"end": "eos" if sample.finished else "length"}))
     return out
+
+
+class OnePassPolicy:
+    """Base of the one-agent strategies: answers are one-pass samples of the `policy` adapter."""
+
+    def __init__(self, cfg: PolicyConfig, engine) -> None:
+        self.cfg = cfg
+        self.agents = cfg.agents()
+        self.backend, self.prompter, self.tokenizer = engine.backend, engine.prompter, engine.tokenizer
+
+    def solve(self, records: list[Record], seed: int, trained: bool = True,
+              temperature: float | None = None) -> list[Solution]:
+        return one_pass(self.backend, self.prompter, records, AGENT if trained else None, self.cfg.max_new_tokens,
+                        self.cfg.temperature if temperature is None else temperature, self.cfg.top_p, seed)
+
+
+def whole_answer_pairs(right: list[Solution], wrong: list[Solution], most: int, node: str) -> list[Pair]:
+    """Up to `most` pairs, the i-th correct answer against the i-th wrong one (each answer used once), the whole
+    answers as completions of the question's prompt."""
+    return [Pair(agent=AGENT, prompt_ids=good.prompt_ids, chosen_ids=good.answer_ids, rejected_ids=bad.answer_ids,
+                 node=node) for good, bad in list(zip(right, wrong))[:most]]

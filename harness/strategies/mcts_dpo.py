@@ -43,13 +43,12 @@ from harness.evaluation.grading import grade
 from harness.generation.backend import Sample
 from harness.generation.steps import step_stop_ids
 from harness.seeds import seed_for
-from harness.strategies.answers import one_pass
+from harness.strategies.answers import AGENT, OnePassPolicy
 from harness.strategies.base import Play, Solution
 from harness.strategies.mcts_dpo_config import MCTSDPOConfig
 from harness.strategies.mcts_tree import Node, Search, completion, prior
 from harness.training.learner import Pair
 
-AGENT = "policy"
 EVAL_DISCOUNT_DEPTH = 3
 """The code divides the self-evaluation of a child of a node at depth d by max(d - 3, 1), to penalise long
 answers (mcts_rl/algorithms/mcts/mcts/search_config.py, `get_values`)."""
@@ -92,11 +91,9 @@ class Question:
     """Generation rounds this question took part in."""
 
 
-class MCTSDPO:
+class MCTSDPO(OnePassPolicy):
     def __init__(self, cfg: MCTSDPOConfig, engine) -> None:
-        self.cfg = cfg
-        self.agents = cfg.agents()
-        self.backend, self.prompter, self.tokenizer = engine.backend, engine.prompter, engine.tokenizer
+        super().__init__(cfg, engine)
         self.stop = step_stop_ids(self.tokenizer, cfg.step_delimiters) if cfg.step_delimiters else None
         self.stop_ids = {i for sequence in self.stop or [] for i in sequence}
         if any(not self.prompter.encode(text) for text in cfg.eval_correct):
@@ -105,11 +102,6 @@ class MCTSDPO:
         self.eos_ids = set(self.backend.eos_token_ids)
         self.search_seconds = 0.0
         self.self_eval_seconds = 0.0
-
-    def solve(self, records: list[Record], seed: int, trained: bool = True,
-              temperature: float | None = None) -> list[Solution]:
-        return one_pass(self.backend, self.prompter, records, AGENT if trained else None, self.cfg.max_new_tokens,
-                        self.cfg.temperature if temperature is None else temperature, self.cfg.top_p, seed)
 
     def play(self, solutions: list[Solution], seed: int) -> list[Play]:
         """Search every question of the group to a terminal answer, one generation round at a time."""

@@ -29,12 +29,10 @@ from harness.data import Record
 from harness.evaluation.grading import grade
 from harness.generation.steps import step_stop_ids
 from harness.seeds import round_seed, seed_for
-from harness.strategies.answers import one_pass
+from harness.strategies.answers import AGENT, OnePassPolicy, whole_answer_pairs
 from harness.strategies.base import Play, Solution
 from harness.strategies.step_controlled_config import StepControlledConfig
 from harness.training.learner import Pair
-
-AGENT = "policy"
 
 SCHEDULES = {"paper": (1.1, 0.05), "code": (1.1, 0.1)}
 """Schedule -> (temperature of the first new step, rise per further step). The paper: 1.1 + 0.05 per step; the
@@ -87,21 +85,14 @@ class Continuation:
     """Steps written after the cut."""
 
 
-class StepControlled:
+class StepControlled(OnePassPolicy):
     def __init__(self, cfg: StepControlledConfig, engine) -> None:
-        self.cfg = cfg
-        self.agents = cfg.agents()
-        self.backend, self.prompter, self.tokenizer = engine.backend, engine.prompter, engine.tokenizer
+        super().__init__(cfg, engine)
         self.stops = step_stop_ids(engine.tokenizer, cfg.step_delimiters)
         if any(len(stop) != 1 for stop in self.stops):
             raise ValueError("step_stop_ids must give one-id stop sequences: steps are split on single ids")
         self.step_ends = {stop[0] for stop in self.stops}
         self.seconds = {"sample_seconds": 0.0, "continue_seconds": 0.0}
-
-    def solve(self, records: list[Record], seed: int, trained: bool = True,
-              temperature: float | None = None) -> list[Solution]:
-        return one_pass(self.backend, self.prompter, records, AGENT if trained else None, self.cfg.max_new_tokens,
-                        self.cfg.temperature if temperature is None else temperature, self.cfg.top_p, seed)
 
     def play(self, solutions: list[Solution], seed: int) -> list[Play]:
         """Naive and step-controlled pairs of every question: one call for all samples, then one per round."""
@@ -138,9 +129,7 @@ class StepControlled:
         """Up to `naive_pairs` pairs, the i-th usable correct answer against the i-th wrong one."""
         right = [s for s in own if self._usable(s)]
         wrong = [s for s in own if not s.correct]
-        return [Pair(agent=AGENT, prompt_ids=good.prompt_ids, chosen_ids=good.answer_ids,
-                     rejected_ids=bad.answer_ids, node="naive")
-                for good, bad in list(zip(right, wrong))[: self.cfg.naive_pairs]]
+        return whole_answer_pairs(right, wrong, self.cfg.naive_pairs, "naive")
 
     def _cuts(self, question: int, own: list[Solution], seed: int) -> list[Continuation]:
         """The first tries of a question: its first usable correct answer cut after each chosen step."""

@@ -1,0 +1,133 @@
+"""Reading one run folder: recipe.yaml, provenance.json, online/progress.jsonl and each stage's done.json.
+
+Missing files read as None / empty, so a report or a comparison can be made of a run that is still going; a file
+that exists but cannot be parsed is a ReportError naming it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from harness.rundir import RunError
+
+STAGES = ("baseline", "online", "compile", "evaluate")
+
+
+class ReportError(RunError):
+    """A run folder whose files cannot be read; the message names the file."""
+
+
+@dataclass
+class Run:
+    """Everything the report reads from one run folder (missing files are None / empty)."""
+
+    path: Path
+    recipe: dict = field(default_factory=dict)
+    provenance: dict | None = None
+    progress: list[dict] = field(default_factory=list)
+    done: dict[str, dict | None] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return str(self.recipe.get("name") or self.path.name)
+
+    @property
+    def strategy(self) -> str | None:
+        """The online strategy's name (`online.strategy.name` of the recipe), None when the recipe has none."""
+        online = self.recipe.get("online")
+        strategy = online.get("strategy") if isinstance(online, dict) else None
+        name = strategy.get("name") if isinstance(strategy, dict) else None
+        return str(name) if name else None
+
+    def paper_ref(self) -> tuple[str, str] | None:
+        """(paper, model) from the recipe's `paper` field, or None."""
+        ref = self.recipe.get("paper")
+        if isinstance(ref, dict) and ref.get("paper") and ref.get("model"):
+            return str(ref["paper"]), str(ref["model"])
+        return None
+
+    def eval_records(self) -> dict[str, list[dict]]:
+        """evaluate/done.json `models`: label -> records ({} when the stage has not run).
+
+        Records may be a list or a {task: record} mapping; metrics without a numeric value are dropped.
+        """
+        done = self.done.get("evaluate") or {}
+        out = {}
+        for label, records in (done.get("models") or {}).items():
+            items = list(records.values()) if isinstance(records, dict) else list(records or [])
+            out[label] = [
+                {
+                    **rec,
+                    "metrics": {
+                        k: m for k, m in (rec.get("metrics") or {}).items() if is_num(m.get("value"))
+                    },
+                }
+                for rec in items
+            ]
+        return out
+
+
+def is_num(x: Any) -> bool:
+    """A finite int or float (bools are not numbers here)."""
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def sum_seconds(value: Any) -> float | None:
+    """A done.json `seconds` field as one number: itself, or the sum of a {part: seconds} mapping."""
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, dict):
+        nums = [v for v in value.values() if isinstance(v, (int, float))]
+        return float(sum(nums)) if nums else None
+    return None
+
+
+def read_json(path: Path) -> dict | None:
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ReportError(f"{path}: not valid JSON: {err}") from err
+
+
+def read_jsonl(path: Path, notes: list[str]) -> list[dict]:
+    """The lines of a JSONL file; a torn last line (still being written) is dropped with a note."""
+    if not path.is_file():
+        return []
+    lines = path.read_text().splitlines()
+    out = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            if i == len(lines) - 1:  # a line being written while we read
+                notes.append(f"{path.name}: ignored a partial last line")
+                break
+            raise ReportError(f"{path}:{i + 1}: not valid JSON: {err}") from err
+    return out
+
+
+def load_run(run_dir: Path | str) -> Run:
+    """Read a run folder; ReportError when it is not one."""
+    path = Path(run_dir)
+    recipe_file = path / "recipe.yaml"
+    if not recipe_file.is_file():
+        raise ReportError(f"{path}: not a run folder (no recipe.yaml)")
+    try:
+        recipe = yaml.safe_load(recipe_file.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ReportError(f"{recipe_file}: not valid YAML: {err}") from err
+    run = Run(path=path, recipe=recipe, provenance=read_json(path / "provenance.json"))
+    run.progress = read_jsonl(path / "online" / "progress.jsonl", run.notes)
+    run.done = {stage: read_json(path / stage / "done.json") for stage in STAGES}
+    return run
