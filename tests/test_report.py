@@ -14,7 +14,7 @@ import yaml
 from harness.reporting.compare import CompareError, compare, parse_fail_below, run_metrics
 from harness.reporting.report import write_report
 from harness.reporting.run_folder import load_run
-from harness.reporting.stats import two_proportion_z, wilson
+from harness.reporting.stats import mcnemar_exact, two_proportion_z, wilson
 from harness.stages.online import summarize
 
 Z = 1.959963984540054
@@ -404,6 +404,15 @@ def test_two_proportion_z_test_against_hand_value() -> None:
     assert z == pytest.approx(2.1239769762143657, rel=1e-12)
     assert p == pytest.approx(0.033672068856345855, rel=1e-9)  # scipy.stats.norm.sf(|z|) * 2
     assert two_proportion_z(0, 10, 0, 10) == (0.0, 1.0)
+
+
+def test_mcnemar_exact_against_hand_values() -> None:
+    # two-sided: 2 * P(Binomial(b + c, 1/2) <= min(b, c)), capped at 1
+    assert mcnemar_exact(1, 6) == 2 * (1 + 7) / 2**7
+    assert mcnemar_exact(8, 2) == 2 * (1 + 10 + 45) / 2**10 == 0.109375
+    assert mcnemar_exact(0, 10) == 2 / 2**10
+    assert mcnemar_exact(5, 5) == 1.0 and mcnemar_exact(0, 0) == 1.0
+    assert mcnemar_exact(0, 1) == 1.0  # one discordant question proves nothing
 
 
 def test_compare_table_and_fail_below(tmp_path: Path) -> None:

@@ -201,8 +201,83 @@ def test_compare_text_format(tmp_path: Path) -> None:
     ]
     assert "paper llama3-8b %" in text and FLOW_SRC in " ".join(text.split())
     assert "within 2,000 training instances" in " ".join(text.split())
-    (table,) = tables(text)
-    assert len({len(line) for line in table}) == 1
+    found = tables(text)
+    assert len(found) == 2  # the runs, then the metrics
+    for table in found:
+        assert len({len(line) for line in table}) == 1, table
+
+
+def policy_line(i: int, correct: bool) -> dict:
+    """A progress line of a one-agent strategy (MCTS-DPO's fields), with round numbers."""
+    return {
+        "index": i,
+        "id": f"q-{i}",
+        "correct_before": correct,
+        "extracted": "1",
+        "end": "eos",
+        "simulations": 4,
+        "pairs": {"policy": i % 3},
+        "pair_nodes": [f"step:{j}" for j in range(i % 3)],
+        "updates": {},
+        "tokens": 40 + 10 * i,
+        "generate_seconds": 1.0,
+        "curves_seconds": 0.5,
+        "rollout_seconds": 2.0,
+        "search_seconds": 1.5,  # a sub-phase of rollout: not part of the wall time
+        "update_seconds": 0.5,
+    }
+
+
+def test_compare_run_facts_in_every_format(tmp_path: Path) -> None:
+    a = make_run(tmp_path, "a", strategy="flow_dpo")  # correct_before: i % 3 != 0, ids q-0 .. q-19
+    b = make_run(tmp_path, "b", strategy="mcts_dpo", lines=[policy_line(i, True) for i in range(20)])
+    c = make_run(tmp_path, "c", strategy="step_controlled", lines=[policy_line(i, i < 5) for i in range(10)])
+    data = json.loads(compare([a, b, c], None, {}, fmt="json")[0])
+    first, same, fewer = data["runs"]
+    assert (first["strategy"], first["questions"], first["paired"]) == ("flow_dpo", 20, None)
+    assert first["pairs_per_question"] == {"answer": 0.5, "stop": 0.35}
+    assert close(first["tokens_per_question"], 166.5) and close(first["seconds_per_question"], 4.965)
+    # b: 0.95 pairs (sum of i % 3 over 20 lines is 19), 40 + 10 * 9.5 tokens, 1 + 0.5 + 2 + 0.5 seconds
+    assert (same["strategy"], same["pairs_per_question"]) == ("mcts_dpo", {"policy": 0.95})
+    assert (same["tokens_per_question"], same["seconds_per_question"]) == (135.0, 4.0)
+    # b answers all 20 right, a the 13 with i % 3 != 0: 7 discordant questions, all b's; p = 2 / 2**7
+    assert same["paired"] == {
+        "shared": 20, "only_in_first": 0, "only_in_later": 0, "same_ids": True, "both_right": 13,
+        "first_only_right": 0, "later_only_right": 7, "both_wrong": 0, "delta_points": 35.0, "p_value": 0.015625,
+    }
+    # c logged q-0 .. q-9 only and answered q-0 .. q-4 right; a got q-1, 2, 4, 5, 7, 8 right: 3 vs 2 discordant
+    assert (fewer["tokens_per_question"], fewer["pairs_per_question"]) == (85.0, {"policy": 0.9})
+    assert fewer["paired"] == {
+        "shared": 10, "only_in_first": 10, "only_in_later": 0, "same_ids": False, "both_right": 3,
+        "first_only_right": 3, "later_only_right": 2, "both_wrong": 2, "delta_points": -10.0, "p_value": 1.0,
+    }
+
+    text, _ = compare([a, b, c], None, {}, fmt="text")
+    header = cells(tables(text)[0][0])
+    assert header == ["run", "strategy", "questions", "answer pairs/q", "policy pairs/q", "stop pairs/q", "tokens/q",
+                      "seconds/q", "shared ids", "paired Δ pts", "McNemar p"]
+    run1 = row(text, "run 1 ")
+    assert run1[:7] + run1[8:] == ["run 1", "flow_dpo", "20", "0.50", "–", "0.35", "166.5", "–", "–", "–"]
+    assert row(text, "run 2 ") == ["run 2", "mcts_dpo", "20", "–", "0.95", "–", "135.0", "4.00", "20", "+35.0", "0.016"]
+    assert row(text, "run 3 ") == ["run 3", "step_controlled", "10", "–", "0.90", "–", "85.0", "4.00", "10", "-10.0",
+                                   "1.000"]
+    prose = " ".join(text.split())
+    assert "run 3: c: question ids differ from run 1's (10 shared, 10 only in run 1, 0 only in this run)" in prose
+    assert "run 2: b: question ids differ" not in prose
+
+    md, _ = compare([a, b, c], None, {}, fmt="md")
+    md_row = next(line for line in md.splitlines() if line.startswith("| run 2 "))
+    assert [x.strip() for x in md_row.strip("|").split("|")] == [
+        "run 2", "mcts_dpo", "20", "–", "0.95", "–", "135.0", "4.00", "20", "+35.0", "0.016"
+    ]
+    assert "run 3: c: question ids differ from run 1's" in md
+
+    # a run with no online stage has no question in common: no paired test, and the note says so
+    d = make_run(tmp_path, "d", stages=("evaluate",))
+    data = json.loads(compare([a, d], None, {}, fmt="json")[0])
+    assert data["runs"][1]["strategy"] is None and data["runs"][1]["tokens_per_question"] is None
+    assert data["runs"][1]["paired"]["p_value"] is None
+    assert "run 2: d: no question id in common with run 1: no paired test." in compare([a, d], None, {})[0]
 
 
 def test_compare_json_format(tmp_path: Path) -> None:

@@ -28,7 +28,8 @@ methods with no run label).
 
 Formats (`fmt`): `text` aligned terminal tables (each run's value with its 95% Wilson CI, Δ and p vs run 1,
 the paper's columns), `md` markdown tables, `json` the numbers as one object (`comparison()`: values and CIs as
-proportions, Δ in points, published numbers in %, each run's facts under `runs`). The gate's lines and exit code are the same in all three.
+proportions, Δ in points, published numbers in %, each run's facts under `runs`). The gate's lines and exit code
+are the same in all three.
 """
 
 from __future__ import annotations
@@ -286,7 +287,7 @@ def _runs_table(data: dict) -> tuple[list[str], list[list[str]]]:
         row += [_num(r["tokens_per_question"], 1), _num(r["seconds_per_question"], 2)]
         pair = r["paired"]
         if pair is None or pair["p_value"] is None:
-            row += ["" if pair is None else "0", "", ""]
+            row += ["–" if pair is None else "0", "–", "–"]
         else:
             row += [str(pair["shared"]), f"{pair['delta_points']:+.1f}", _p_text(pair["p_value"])]
         rows.append(row)

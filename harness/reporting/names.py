@@ -7,9 +7,10 @@ CURVE_NAMES = {
     "frozen": "frozen (untrained)",
     "zero_shot": "zero-shot (base, one pass)",
 }
-ROW_ORDER = ["base", "sft-ground_truth", "sft-self", "sft-flow"]
+ROW_ORDER = ["base", "online-policy", "sft-ground_truth", "sft-self", "sft-flow"]
 ROW_NAMES = {
     "base": "zero-shot (base)",
+    "online-policy": "online-trained policy",
     "sft-ground_truth": "SFT ground truth",
     "sft-self": "SFT self-generated",
     "sft-flow": "SFT Flow-generated",

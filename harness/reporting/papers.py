@@ -8,7 +8,7 @@ Schema (unknown keys are errors; see results/papers/flow-dpo.yaml for a full exa
     versions: {v1: "arXiv ...v1"}    # arXiv versions that publish different numbers ({} when one)
     default_version: v2 | null       # version used by lookups that name none
     models:     {KEY: {name, hub_id?, note?}}     # KEY is what recipes' `paper.model` names
-    methods:    {KEY: {name, run_model?, note?}}  # run_model: the run's evaluate label (base, sft-flow)
+    methods:    {KEY: {name, run_model?, note?}}  # run_model: the run's evaluate label (base, sft-flow, online-policy)
     benchmarks: {KEY: {name, note?}}              # KEY equals the recipe's eval task `name` (gsm8k, math)
     tables:                          # in order of preference: [paper] before [summary]
       - id: table1

@@ -230,14 +230,14 @@ def section_traces(run: Run, out: Path) -> tuple[dict, list[Block]]:
     """Baseline sampling, the SFT sets, and the online stage's traces, pairs and optimizer steps."""
     data: dict[str, Any] = {}
     blocks: list[Block] = [("h", 2, "Trace quality")]
-    for part in (_baseline_part(run), _sft_part(run)):
-        data |= part[0]
-        blocks += part[1]
+    parts = [_baseline_part(run), _sft_part(run)]
+    if run.progress:
+        parts += [_online_part(run.progress), _pairs_part(run.progress, out), _updates_part(run.progress)]
+    for part_data, part_blocks in parts:
+        data |= part_data
+        blocks += part_blocks
     if not run.progress:
-        return data, blocks + [note("Online stage has not run: no pair statistics.")]
-    for part in (_online_part(run.progress), _pairs_part(run.progress, out), _updates_part(run.progress)):
-        data |= part[0]
-        blocks += part[1]
+        blocks.append(note("Online stage has not run: no pair statistics."))
     return data, blocks
 
 
