@@ -32,7 +32,7 @@ def bench_flow(recipe: Recipe, questions: int) -> dict:
     records = load_source(recipe.data.train).records[:questions]
     cfg, flow_cfg = recipe.online, recipe.strategy
     # warm-up: first-call allocations are not the engine's cost
-    one_pass(engine.backend, engine.prompter, records[:1], None, engine.base_answer_budget(), 0.0, 1.0, 0)
+    one_pass(engine.backend, engine.prompter, records[:1], None, engine.base_answer_budget(), 0.0, 1.0, [0])
 
     flow = Flow(engine.backend, engine.prompter, flow_cfg)
     prefill, cached = engine.backend.prefill_tokens, engine.backend.cached_tokens
@@ -41,10 +41,10 @@ def bench_flow(recipe: Recipe, questions: int) -> dict:
     for first in range(0, len(records), cfg.question_batch):
         group = records[first : first + cfg.question_batch]
         t0 = time.perf_counter()
-        mains = flow.run([flow.start(r.question, r.answer, r.task) for r in group], seed_for(cfg.seed, first))
+        mains = flow.run([flow.start(r.question, r.answer, r.task, seed_for(cfg.seed, first + k))
+                          for k, r in enumerate(group)])
         main_seconds += time.perf_counter() - t0
-        branches = rollouts_many(flow, mains, flow_cfg.rollouts_per_node, flow_cfg.max_resample_tries,
-                                 seed_for(cfg.seed, first, "r"))
+        branches = rollouts_many(flow, mains, flow_cfg.rollouts_per_node, flow_cfg.max_resample_tries)
         batch_sizes.append(sum(map(len, branches)))
         engine_tokens += sum(kept_tokens(m, b) for m, b in zip(mains, branches))
     engine_seconds = time.perf_counter() - start
@@ -56,11 +56,11 @@ def bench_flow(recipe: Recipe, questions: int) -> dict:
     naive = Flow(NoReuse(engine.backend), engine.prompter, flow_cfg.model_copy(update={"speculative": False}))
     start = time.perf_counter()
     for index, record in enumerate(records):
-        main = naive.run([naive.start(record.question, record.answer, record.task)], seed_for(cfg.seed, index))[0]
-        branches = [(node, naive.branch(main, node, flow_cfg.max_resample_tries)) for node in nodes(main)
-                    for _ in range(flow_cfg.rollouts_per_node)]
-        for k, (_, alt) in enumerate(branches):  # one sequence at a time
-            naive.run([alt], seed_for(cfg.seed, index, "naive", k))
+        main = naive.run([naive.start(record.question, record.answer, record.task, seed_for(cfg.seed, index))])[0]
+        branches = [(node, naive.branch(main, node, flow_cfg.max_resample_tries, j)) for node in nodes(main)
+                    for j in range(flow_cfg.rollouts_per_node)]
+        for _, alt in branches:  # one sequence at a time
+            naive.run([alt])
         naive_tokens += kept_tokens(main, branches)
     naive_seconds = time.perf_counter() - start
 

@@ -10,8 +10,3 @@ def seed_for(*parts: object) -> int:
     digest = hashlib.sha256("/".join(map(str, parts)).encode()).digest()
     return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
 
-
-def round_seed(seed: int, round_: int) -> int:
-    """The seed of round `round_` of a multi-round generation seeded `seed` (the Flow's chunk rounds; a one-pass
-    answer is round 0)."""
-    return seed * 1000 + round_

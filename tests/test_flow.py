@@ -63,8 +63,9 @@ def real_flow(tiny_recipe, tiny_peft, perturb, *overrides):
     return Flow(backend, prompter, recipe.strategy), backend, tok
 
 
-def start_all(flow, times: int = 1):
-    return [flow.start(q, gold, "gsm8k") for _ in range(times) for q, gold in QUESTIONS]
+def start_all(flow, times: int = 1, seed: int = 0):
+    """The questions `times` over, each trace with its own seed (seed, seed + 1, ...)."""
+    return [flow.start(q, gold, "gsm8k", seed + k) for k, (q, gold) in enumerate(QUESTIONS * times)]
 
 
 # ---------------------------------------------------------------- real tiny model
@@ -72,7 +73,7 @@ def start_all(flow, times: int = 1):
 
 def test_trace_text_is_concatenated_chunks_and_chunk_ids_are_the_generated_ids(tiny_recipe, tiny_peft, perturb):
     flow, backend, tok = real_flow(tiny_recipe, tiny_peft, perturb)
-    traces = flow.run(start_all(flow), seed=11)
+    traces = flow.run(start_all(flow, seed=11))
     generated = {(tuple(p), tuple(ids)) for p, ids, _ in backend.generated}
     asked = {tuple(p): prob for p, prob in backend.asked}
     for (question, _), trace in zip(QUESTIONS, traces):
@@ -119,14 +120,14 @@ def test_stop_prompt_splices_answer_ids_into_the_rendered_template(tiny_recipe):
 
 def test_same_seed_same_traces_other_seed_other_traces(tiny_recipe, tiny_peft, perturb):
     flow, _, _ = real_flow(tiny_recipe, tiny_peft, perturb)
-    first = [t.to_dict() for t in flow.run(start_all(flow), seed=5)]
-    assert [t.to_dict() for t in flow.run(start_all(flow), seed=5)] == first
-    assert [t.to_dict() for t in flow.run(start_all(flow), seed=6)] != first
+    first = [t.to_dict() for t in flow.run(start_all(flow, seed=5))]
+    assert [t.to_dict() for t in flow.run(start_all(flow, seed=5))] == first
+    assert [t.to_dict() for t in flow.run(start_all(flow, seed=6))] != first
 
 
 def test_stop_never_yes_runs_to_max_chunks(tiny_recipe, tiny_peft, perturb):
     flow, backend, tok = real_flow(tiny_recipe, tiny_peft, perturb, "online.strategy.stop_threshold=0.999999")
-    traces = flow.run(start_all(flow, 2), seed=1)
+    traces = flow.run(start_all(flow, 2, seed=1))
     eos = tok.eos_token_id
     assert any(t.end == "max_chunks" for t in traces)
     for t in traces:
@@ -147,7 +148,7 @@ def test_stop_never_yes_runs_to_max_chunks(tiny_recipe, tiny_peft, perturb):
 def test_stop_always_yes_gives_one_chunk(tiny_recipe, tiny_peft, perturb):
     flow, backend, tok = real_flow(tiny_recipe, tiny_peft, perturb, "online.strategy.stop_threshold=0.000001",
                                    "online.strategy.speculative=false")
-    traces = flow.run(start_all(flow, 2), seed=1)
+    traces = flow.run(start_all(flow, 2, seed=1))
     for t in traces:
         assert len(t.chunks) == 1
         if t.chunks[0][-1] == tok.eos_token_id:
@@ -165,8 +166,8 @@ def test_speculative_drafts_equal_chunk_by_chunk_generation_when_greedy(tiny_rec
     overrides = ("online.strategy.temperature=0", "online.strategy.max_chunks=3", "online.strategy.stop_threshold=0.5")
     chunked, _, _ = real_flow(tiny_recipe, tiny_peft, perturb, *overrides, "online.strategy.speculative=false")
     drafted, _, _ = real_flow(tiny_recipe, tiny_peft, perturb, *overrides, "online.strategy.speculative=true")
-    a = chunked.run(start_all(chunked), seed=3)
-    b = drafted.run(start_all(drafted), seed=3)
+    a = chunked.run(start_all(chunked, seed=3))
+    b = drafted.run(start_all(drafted, seed=3))
     assert [(t.chunks, t.decisions, t.end, t.stop_probs) for t in a] == \
         [(t.chunks, t.decisions, t.end, t.stop_probs) for t in b]
     assert {t.end for t in a} >= {"stop"}, "settings must make Stop end some traces"
@@ -196,11 +197,11 @@ def ids(tok, text):
 def test_a_question_without_an_answer_is_graded_wrong(tiny_recipe, scripted_backend):
     chunks = {"": ["I do not know<EOS>"]}
     flow, backend, _ = scripted_flow(tiny_recipe, scripted_backend, chunks, {})
-    (trace,) = flow.run([flow.start(Q, "7", "gsm8k")], seed=0)
+    (trace,) = flow.run([flow.start(Q, "7", "gsm8k", 0)])
     assert (trace.text, trace.extracted, trace.correct, trace.end) == ("I do not know", None, False, "eos")
     assert backend.stop_calls == []  # an EOS chunk ends the Flow without asking Stop
 
-    branches = rollouts(flow, trace, per_node=1, tries=2, seed=1)
+    branches = rollouts(flow, trace, per_node=1, tries=2)
     assert [node for node, _ in branches] == [("answer", 0)]
     assert make_pairs(flow, trace, branches) == []  # both wrong: no pair, no crash
 
@@ -211,7 +212,7 @@ def test_eos_ends_flow_false_asks_stop_after_an_eos_chunk(tiny_recipe, scripted_
     flow, backend, tok = scripted_flow(tiny_recipe, scripted_backend, chunks, stop,
                                        "online.strategy.eos_ends_flow=false",
                                        "online.strategy.max_chunks=2")
-    (trace,) = flow.run([flow.start(Q, "7", "gsm8k")], seed=0)
+    (trace,) = flow.run([flow.start(Q, "7", "gsm8k", 0)])
     assert trace.chunks == [ids(tok, "3+4") + [tok.eos_token_id], ids(tok, "=7")]
     assert (trace.end, trace.decisions, trace.text, trace.correct) == ("max_chunks", [False], "3+4=7", True)
     assert backend.stop_calls == [("stop", Q, "3+4<|im_end|>")]
@@ -227,13 +228,13 @@ def scenario_one(tiny_recipe, scripted_backend):
 
 def test_rollouts_and_pairs_are_exactly_the_expected_ones(tiny_recipe, scripted_backend):
     flow, backend, tok = scenario_one(tiny_recipe, scripted_backend)
-    (main,) = flow.run([flow.start(Q, "7", "gsm8k")], seed=0)
+    (main,) = flow.run([flow.start(Q, "7", "gsm8k", 0)])
     assert main.chunks == [ids(tok, "3+4"), ids(tok, "=7")]
     assert main.stop_probs == pytest.approx([0.2, 0.9]) and (main.decisions, main.end) == ([False, True], "stop")
     assert (main.text, main.extracted, main.correct) == ("3+4=7", "7", True)
     assert nodes(main) == [("answer", 0), ("stop", 0), ("answer", 1), ("stop", 1)]
 
-    branches = rollouts(flow, main, per_node=1, tries=4, seed=1)
+    branches = rollouts(flow, main, per_node=1, tries=4)
     alts = {node: alt for node, alt in branches}
     assert [node for node, _ in branches] == nodes(main)
     assert (alts["answer", 0].text, alts["answer", 0].decisions, alts["answer", 0].correct) == (
@@ -263,9 +264,9 @@ def test_pairs_when_the_main_chain_is_wrong(tiny_recipe, scripted_backend):
     chunks = {"": ["3+5", "3+4"], "3+5": ["=8"], "3+4": ["=7"], "3+5=8": ["!"]}
     stop = {"3+5": 0.2, "3+4": 0.2, "3+5=8": 0.7, "3+4=7": 0.7}
     flow, _, tok = scripted_flow(tiny_recipe, scripted_backend, chunks, stop, "online.strategy.max_chunks=3")
-    (main,) = flow.run([flow.start(Q, "7", "gsm8k")], seed=0)
+    (main,) = flow.run([flow.start(Q, "7", "gsm8k", 0)])
     assert (main.text, main.correct) == ("3+5=8", False)
-    pairs = make_pairs(flow, main, rollouts(flow, main, per_node=1, tries=4, seed=1))
+    pairs = make_pairs(flow, main, rollouts(flow, main, per_node=1, tries=4))
     prompter = flow.prompter
     # answer 0: 3+4 .. =7 correct -> chosen; stop 0 (forced Yes: "3+5") wrong; answer 1 resample "=8" equals the
     # original after every try and stays wrong; stop 1 (forced No: "3+5=8!") wrong.
@@ -276,10 +277,10 @@ def test_no_pair_when_the_resampled_chunk_equals_the_original(tiny_recipe, scrip
     chunks = {"": ["3+4"], "3+4": ["=7", "=9"]}  # the first chunk is always the same
     stop = {"3+4": 0.1}
     flow, backend, tok = scripted_flow(tiny_recipe, scripted_backend, chunks, stop, "online.strategy.max_chunks=2")
-    (main,) = flow.run([flow.start(Q, "7", "gsm8k")], seed=0)
+    (main,) = flow.run([flow.start(Q, "7", "gsm8k", 0)])
     assert (main.text, main.correct, main.end) == ("3+4=7", True, "max_chunks")
 
-    branches = rollouts(flow, main, per_node=1, tries=3, seed=1)
+    branches = rollouts(flow, main, per_node=1, tries=3)
     alts = dict(branches)
     # answer 0: three draws, all equal to the original; the rollout keeps it and goes on to a wrong end
     assert sum(1 for a, _, p, _ in backend.generate_calls if a == "answer" and p == "") == 1 + 3
@@ -297,8 +298,8 @@ def test_resampling_takes_the_first_differing_chunk_drawing_the_other_tries_in_o
     chunks = {"": ["3+4", "3+4", "3+5", "3+6"], "3+4": ["=7"], "3+5": ["=8"]}
     stop = {"3+4": 0.1, "3+5": 0.1}
     flow, backend, tok = scripted_flow(tiny_recipe, scripted_backend, chunks, stop, "online.strategy.max_chunks=2")
-    (main,) = flow.run([flow.start(Q, "7", "gsm8k")], seed=0)
-    branches = rollouts(flow, main, per_node=1, tries=4, seed=1)
+    (main,) = flow.run([flow.start(Q, "7", "gsm8k", 0)])
+    branches = rollouts(flow, main, per_node=1, tries=4)
     alt = dict(branches)["answer", 0]
     assert alt.chunks[0] == ids(tok, "3+5")
     # main chain, the rollout's first draw (a repeat), then its 3 remaining tries together
@@ -309,7 +310,7 @@ def test_resampling_takes_the_first_differing_chunk_drawing_the_other_tries_in_o
 @pytest.mark.parametrize("per_node", [1, 2])
 def test_rollouts_per_node(tiny_recipe, scripted_backend, per_node):
     flow, _, _ = scenario_one(tiny_recipe, scripted_backend)
-    (main,) = flow.run([flow.start(Q, "7", "gsm8k")], seed=0)
-    branches = rollouts(flow, main, per_node=per_node, tries=4, seed=1)
+    (main,) = flow.run([flow.start(Q, "7", "gsm8k", 0)])
+    branches = rollouts(flow, main, per_node=per_node, tries=4)
     assert [node for node, _ in branches] == [node for node in nodes(main) for _ in range(per_node)]
     assert all(alt.done for _, alt in branches)

@@ -1,5 +1,5 @@
-"""MCTSDPO on a scripted backend (which steps are sampled, how they are batched, which pairs come out) and on the
-tiny model (a play is a function of its seed)."""
+"""MCTSDPO on a scripted backend (which steps are sampled, how they are batched and seeded, which pairs come out) and
+on the tiny model (a question's play is a function of its seed, whichever questions share its group)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,10 @@ import pytest
 from pydantic import ValidationError
 
 from harness.data import Record
-from harness.generation.backend import Sample, temperatures, token_budgets
+from harness.generation.backend import Sample, prompt_seeds, temperatures, token_budgets
 from harness.generation.prompts import Prompter
 from harness.sections import PromptTemplate
+from harness.seeds import seed_for
 from harness.strategies.mcts_dpo import MCTSDPO
 from harness.strategies.mcts_dpo_config import MCTSDPOConfig
 
@@ -26,13 +27,15 @@ class StepBackend:
     """A fake backend with scripted steps (implements generate / next_token_logprobs / reset_cache).
 
     `steps[question][partial answer text]` lists what is sampled after that partial answer: the k-th row of one call
-    with the same partial answer gets the k-th entry; an entry ending in `<EOS>` ends with the EOS id. Budgets and
+    with the same partial answer gets the k-th entry (`by_seed`: a row seeded s gets entry s mod the list's length,
+    as a real backend's draw depends on its seed only); an entry ending in `<EOS>` ends with the EOS id. Budgets and
     stop ids are honoured as a real backend does (a stop id is kept). Every token has log-prob -0.5.
-    `confidence[question][partial answer text]` is P("B") after the self-evaluation prompt. Calls are recorded.
+    `confidence[question][partial answer text]` is P("B") after the self-evaluation prompt. Calls are recorded, with
+    each row's seed.
     """
 
-    def __init__(self, tok, prompter: Prompter, steps: dict, confidence: dict) -> None:
-        self.tok, self.prompter, self.steps, self.confidence = tok, prompter, steps, confidence
+    def __init__(self, tok, prompter: Prompter, steps: dict, confidence: dict, by_seed: bool = False) -> None:
+        self.tok, self.prompter, self.steps, self.confidence, self.by_seed = tok, prompter, steps, confidence, by_seed
         self.eos_token_ids = [tok.eos_token_id]
         self.calls: list[dict] = []
         self.eval_calls: list[list[tuple[str, str]]] = []
@@ -53,10 +56,12 @@ class StepBackend:
         stop_ids = {s[0] for s in stop or []}
         seen: Counter = Counter()
         rows, out = [], []
-        for prompt, budget, temp in zip(prompts, token_budgets(max_new_tokens, len(prompts)),
-                                        temperatures(temperature, len(prompts))):
+        seeds = prompt_seeds(seed, len(prompts), n)
+        for prompt, budget, temp, row_seed in zip(prompts, token_budgets(max_new_tokens, len(prompts)),
+                                                  temperatures(temperature, len(prompts)), seeds):
             question, partial = self._split(prompt)
-            text = self.steps[question][partial][seen[question, partial]]
+            options = self.steps[question][partial]
+            text = options[row_seed % len(options)] if self.by_seed else options[seen[question, partial]]
             seen[question, partial] += 1
             ids, finished, stopped = [], False, False
             for token in self.ids(text):
@@ -66,7 +71,7 @@ class StepBackend:
                     break
             rows.append((question, partial, budget, temp))
             out.append([Sample(ids, [-0.5] * len(ids), finished, stopped)])
-        self.calls.append({"adapter": adapter, "seed": seed, "rows": rows})
+        self.calls.append({"adapter": adapter, "seeds": seeds, "rows": rows})
         return out
 
     def next_token_logprobs(self, prompts, adapter, token_ids):
@@ -90,15 +95,22 @@ def config(**fields) -> MCTSDPOConfig:
     return MCTSDPOConfig(**(settings | fields))
 
 
-def strategy(tok, cfg: MCTSDPOConfig, steps: dict, confidence: dict) -> tuple[MCTSDPO, StepBackend]:
+def strategy(tok, cfg: MCTSDPOConfig, steps: dict, confidence: dict,
+             by_seed: bool = False) -> tuple[MCTSDPO, StepBackend]:
     prompter = Prompter(tok, cfg.answer_prompt, chat_template=True)
-    backend = StepBackend(tok, prompter, steps, confidence)
+    backend = StepBackend(tok, prompter, steps, confidence, by_seed)
     return MCTSDPO(cfg, SimpleNamespace(backend=backend, prompter=prompter, tokenizer=tok, model=None)), backend
 
 
-def solutions(mcts: MCTSDPO, records: list[Record]):
+def solutions(mcts: MCTSDPO, records: list[Record], seeds: list[int]):
     prompter = mcts.prompter
-    return [SimpleNamespace(record=r, prompt_ids=prompter.answer_prompt(r.question)) for r in records]
+    return [SimpleNamespace(record=r, prompt_ids=prompter.answer_prompt(r.question), seed=seed)
+            for r, seed in zip(records, seeds)]
+
+
+def draw_seed(question_seed: int, position: str, draft: int, part: int) -> int:
+    """The seed of a draft's `part`-th sampling call, for a leaf at `position` of a question seeded `question_seed`."""
+    return seed_for(seed_for(question_seed, "expand", position), draft, part)
 
 
 Q1 = Record(id="q1", question="Q1", answer="3", solution="1 + 2 = 3\n#### 3", task="gsm8k")
@@ -127,7 +139,7 @@ CONFIDENCE = {
 def test_pairs_from_a_scripted_search(tiny_base):
     _, tok = tiny_base()
     mcts, backend = strategy(tok, config(), STEPS, CONFIDENCE)
-    plays = mcts.play(solutions(mcts, [Q1, Q2]), seed=7)
+    plays = mcts.play(solutions(mcts, [Q1, Q2], [7, 8]))
     assert backend.resets == ["policy"]
     ids, head = backend.ids, mcts.prompter.answer_prompt("Q1")
 
@@ -158,6 +170,14 @@ def test_pairs_from_a_scripted_search(tiny_base):
     assert all(call["adapter"] == "policy" for call in backend.calls)
     # step budgets: 20 tokens, less what a continued draft holds (1)
     assert [row[2] for row in backend.calls[1]["rows"]] == [20, 20, 19]
+    # each row's seed is its question's seed and where it is: the leaf's position, the draft, its sampling call
+    assert backend.calls[0]["seeds"] == [draw_seed(7, "", 0, 0), draw_seed(7, "", 1, 0), draw_seed(8, "", 0, 0),
+                                         draw_seed(8, "", 1, 0)]
+    assert backend.calls[1]["seeds"] == [draw_seed(7, "0", 0, 0), draw_seed(7, "0", 1, 0), draw_seed(8, "", 0, 1)]
+    # round 2: Q1 expands its second root child B, Q2 its first root child ".2 + 3 = 5."
+    assert [(q, partial, seed) for (q, partial, *_), seed in zip(backend.calls[2]["rows"], backend.calls[2]["seeds"])] \
+        == [("Q1", "1 + 2 = 4.", draw_seed(7, "1", 0, 0)), ("Q1", "1 + 2 = 4.", draw_seed(7, "1", 1, 0)),
+            ("Q2", ".2 + 3 = 5.", draw_seed(8, "0", 0, 0)), ("Q2", ".2 + 3 = 5.", draw_seed(8, "0", 1, 0))]
     # all new nodes of a round are self-evaluated in one call; round 0 holds Q1's two steps only (Q2 goes on)
     assert backend.eval_calls[0] == [("Q1", "1 + 2 = 3."), ("Q1", "1 + 2 = 4.")]
     assert {q for q, _ in backend.eval_calls[1]} == {"Q1", "Q2"}
@@ -182,7 +202,7 @@ def test_finishing_step_runs_past_delimiters_and_pairs_are_capped(tiny_base):
                          "1 + 2 = 4. So 4. The answer is: 4": 0.9}}
     cfg = config(max_depth=1, max_pairs=1, visit_label_smoothing=False)
     mcts, backend = strategy(tok, cfg, steps, confidence)
-    (play,) = mcts.play(solutions(mcts, [Q1]), seed=0)
+    (play,) = mcts.play(solutions(mcts, [Q1], [0]))
     # after depth 1 one draw writes the rest of the answer: its budget is the answer budget left (60 - 10), and a
     # delimiter does not end it
     assert [row[:3] for row in backend.calls[1]["rows"]] == [("Q1", "1 + 2 = 3.", 50)]
@@ -199,7 +219,7 @@ def test_answer_budget_ends_a_step_as_terminal(tiny_base):
     confidence = {"Q1": {"1 + 2 = 4 ": 0.9, "The answer": 0.1}}
     mcts, backend = strategy(tok, config(max_new_tokens=10, max_step_tokens=20, solved_only=False), steps,
                              confidence)
-    (play,) = mcts.play(solutions(mcts, [Q1]), seed=0)
+    (play,) = mcts.play(solutions(mcts, [Q1], [0]))
     # both draws stop at the answer budget (10 tokens): terminal, graded wrong, so no expansion after the root
     assert len(backend.calls) == 1 and [row[2] for row in backend.calls[0]["rows"]] == [10, 10]
     assert play.log["search_correct"] is False and play.log["depth"] == 1
@@ -207,7 +227,7 @@ def test_answer_budget_ends_a_step_as_terminal(tiny_base):
     assert pair.chosen_ids == backend.ids("1 + 2 = 4 ")
     # the authors' script keeps the pairs of solved questions only
     mcts, _ = strategy(tok, config(max_new_tokens=10, max_step_tokens=20), steps, confidence)
-    (unsolved,) = mcts.play(solutions(mcts, [Q1]), seed=0)
+    (unsolved,) = mcts.play(solutions(mcts, [Q1], [0]))
     assert unsolved.pairs == [] and unsolved.log == play.log
 
 
@@ -215,9 +235,9 @@ def test_solve_is_one_pass_with_or_without_the_policy(tiny_base):
     _, tok = tiny_base()
     steps = {"Q1": {"": ["1 + 2 = 3. The answer is: 3" + EOS]}}
     mcts, backend = strategy(tok, config(), steps, {})
-    (solution,) = mcts.solve([Q1], seed=3)
-    (frozen,) = mcts.solve([Q1], seed=3, trained=False, temperature=0.0)
-    assert solution.correct and solution.log == {"end": "eos"}
+    (solution,) = mcts.solve([Q1], [3])
+    (frozen,) = mcts.solve([Q1], [3], trained=False, temperature=0.0)
+    assert solution.correct and solution.log == {"end": "eos"} and solution.seed == 3
     assert frozen.answer_ids == solution.answer_ids
     assert [(c["adapter"], c["rows"][0][2:]) for c in backend.calls] == [("policy", (60, 1.0)), (None, (60, 0.0))]
 
@@ -227,7 +247,35 @@ def test_eval_prompt_needs_the_partial_answer():
         config(eval_prompt={"user": "Q: {question}"})
 
 
-def test_play_is_a_function_of_the_seed(tiny_base, perturb):
+def played(plays) -> list:
+    """What a play gives, comparable: each question's pairs (with their smoothing), tokens and log."""
+    return [([(p.prompt_ids, p.chosen_ids, p.rejected_ids, p.node, p.label_smoothing) for p in play.pairs],
+             play.tokens, play.log) for play in plays]
+
+
+def test_a_question_searches_alike_alone_and_in_a_group(tiny_base):
+    _, tok = tiny_base()
+    cfg = config(simulations=3)
+
+    def search(records: list[Record], seeds: list[int]):
+        mcts, backend = strategy(tok, cfg, STEPS, CONFIDENCE, by_seed=True)
+        plays = mcts.play(solutions(mcts, records, seeds))
+        # Q1's tree, in the order it grew: every draw (partial answer, budget, temperature, seed), every evaluation
+        draws = [(row[1:], seed) for call in backend.calls for row, seed in zip(call["rows"], call["seeds"])
+                 if row[0] == "Q1"]
+        evaluated = [partial for call in backend.eval_calls for question, partial in call if question == "Q1"]
+        return played(plays), draws, evaluated
+
+    (alone,), alone_draws, alone_evaluated = search([Q1], [11])
+    (_, grouped), grouped_draws, grouped_evaluated = search([Q2, Q1], [5, 11])
+    assert alone == grouped and alone[0]
+    assert alone_draws == grouped_draws and alone_evaluated == grouped_evaluated
+    # the draws are the question's own: another seed draws other steps
+    (_, other_draws, _) = search([Q1], [12])
+    assert [seed for _, seed in other_draws] != [seed for _, seed in alone_draws][: len(other_draws)]
+
+
+def test_play_is_a_function_of_each_question_seed(tiny_base, perturb):
     from harness.generation.hf import HFBackend
     from harness.models import with_adapters
     from harness.recipe import LoraSpec
@@ -240,15 +288,15 @@ def test_play_is_a_function_of_the_seed(tiny_base, perturb):
     prompter = Prompter(tok, cfg.answer_prompt, chat_template=True)
     mcts = MCTSDPO(cfg, SimpleNamespace(backend=HFBackend(model, tok), prompter=prompter, tokenizer=tok,
                                         model=model))
-    group = solutions(mcts, [Q1, Q2])
 
-    def run(seed: int):
-        plays = mcts.play(group, seed)
-        return [([(p.prompt_ids, p.chosen_ids, p.rejected_ids, p.label_smoothing) for p in play.pairs], play.tokens,
-                 play.log) for play in plays]
+    def run(records: list[Record], seeds: list[int]) -> list:
+        return played(mcts.play(solutions(mcts, records, seeds)))
 
-    first = run(0)
+    first = run([Q1, Q2], [0, 1])
     assert any(pairs for pairs, _, _ in first)
-    other = run(1)
-    assert run(0) == first  # the cache of the seed-1 play is not used
+    other = run([Q1, Q2], [2, 3])
+    assert run([Q1, Q2], [0, 1]) == first  # the cache of the other play is not used
     assert other != first
+    # each question's play is its own: alone, or in a group in another order, it is the same
+    assert run([Q2], [1]) == first[1:]
+    assert run([Q2, Q1], [1, 0]) == first[::-1]

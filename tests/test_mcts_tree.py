@@ -110,6 +110,14 @@ def test_completion_follows_only_children():
     assert completion(b) == [7, 8, 9]  # stops above the node with two children
 
 
+def test_position_names_the_child_taken_at_each_depth():
+    root = Node(step=[])
+    a, b = child(root, 0.0, step=[1]), child(root, 0.0, step=[1])  # equal steps and values: still two positions
+    root.children = [a, b]
+    b.children = [child(b, 0.0, step=[2]), child(b, 0.0, step=[3])]
+    assert [root.position(), a.position(), b.position(), b.children[1].position()] == ["", "0", "1", "1.1"]
+
+
 def test_search_simulations_commits_and_pairs():
     """A scripted search worked through by hand (simulations 1, x2 from the question, horizon 2, c = 1)."""
     search = Search(simulations=1, root_factor=2, horizon=2, c_puct=1.0, diversity=False)

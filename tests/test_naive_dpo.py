@@ -33,9 +33,9 @@ def test_pairs_are_correct_against_wrong_samples_in_order(scripted_backend):
               R: ["2<EOS>", "2<EOS>", "1+1=2<EOS>", "2<EOS>", "2<EOS>"]}
     naive, backend, tok = strategy(scripted_backend, chunks, pairs_per_question=2)
     records = [Record("q", Q, "7", None, "gsm8k"), Record("r", R, "2", None, "gsm8k")]
-    solutions = naive.solve(records, seed=0)
+    solutions = naive.solve(records, [0, 1])
     assert [s.correct for s in solutions] == [True, True]
-    plays = naive.play(solutions, seed=1)
+    plays = naive.play(solutions)
     prompt = solutions[0].prompt_ids
     assert plays[0].pairs == [Pair("policy", prompt, ids(tok, "3+4=7"), ids(tok, "3+4=9"), "answer"),
                               Pair("policy", prompt, ids(tok, "7"), ids(tok, "I think 8"), "answer")]
@@ -48,7 +48,7 @@ def test_pairs_are_correct_against_wrong_samples_in_order(scripted_backend):
 def test_at_most_pairs_per_question(scripted_backend):
     chunks = {Q: ["7<EOS>", "7<EOS>", "8<EOS>", "7<EOS>", "9<EOS>"]}
     naive, _, _ = strategy(scripted_backend, chunks)
-    solutions = naive.solve([Record("q", Q, "7", None, "gsm8k")], seed=0)
-    (play,) = naive.play(solutions, seed=1)
+    solutions = naive.solve([Record("q", Q, "7", None, "gsm8k")], [0])
+    (play,) = naive.play(solutions)
     assert len(play.pairs) == 1 and play.log == {"samples_correct": 2}
     assert naive.timings()["sample_seconds"] > 0 and naive.timings() == {"sample_seconds": 0.0}

@@ -81,7 +81,7 @@ def test_unpacked_wheel_reads_its_packaged_copies(wheel, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(site)}
     out = run([sys.executable, "-c", code], cwd=elsewhere, env=env, timeout=120).stdout.splitlines()
     assert out[:2] == [str(site / "harness" / "recipes"), str(site / "harness" / "papers_data")]
-    assert out[2].split(",") == [p.stem for p in data_files(REPO / "recipes")]
+    assert out[2].split(",") == sorted(p.stem for p in data_files(REPO / "recipes"))
     assert out[3].split(",") == [p.stem for p in data_files(REPO / "results" / "papers")]
     listing = run([sys.executable, "-m", "harness.cli", "list"], cwd=elsewhere, env=env, timeout=120).stdout
     assert all(p.stem in listing for p in data_files(REPO / "recipes"))

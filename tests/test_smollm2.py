@@ -19,14 +19,15 @@ def test_real_model_answers_arithmetic_through_the_flow():
     recipe = load_recipe("smollm2-135m", ["online.strategy.temperature=0"])
     engine = Engine(recipe)
     records = load_source(recipe.data.train).records[:8]
-    single = one_pass(engine.backend, engine.prompter, records, None, engine.base_answer_budget(), 0.0, 1.0, seed=0)
+    single = one_pass(engine.backend, engine.prompter, records, None, engine.base_answer_budget(), 0.0, 1.0,
+                      list(range(len(records))))
     # measured: about half of these one-step questions right greedily; a broken load or template gives ~0
     assert sum(t.correct for t in single) >= 2
     assert all(t.text.strip() for t in single)
     from harness.strategies.flow import Flow
 
     flow = Flow(engine.backend, engine.prompter, recipe.strategy)
-    traces = flow.run([flow.start(r.question, r.answer, r.task) for r in records], seed=0)
+    traces = flow.run([flow.start(r.question, r.answer, r.task, k) for k, r in enumerate(records)])
     assert all(len(t.chunks) <= recipe.strategy.max_chunks for t in traces)
     assert all(t.answer_ids == [i for c in t.chunks for i in c] for t in traces)
     assert sum(t.correct for t in traces) >= 2

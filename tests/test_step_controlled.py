@@ -1,10 +1,11 @@
 """Step-Controlled DPO: temperature schedules, step splitting on token ids, the pairs of a scripted backend (one
-call per round for the whole group), determinism, the loss covering only the steps after the cut, and the
-recipes' strategy blocks."""
+call per round for the whole group), determinism, a question's pairs not depending on its group, the loss covering
+only the steps after the cut, and the recipes' strategy blocks."""
 
 from __future__ import annotations
 
 import math
+import random
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -14,9 +15,10 @@ import yaml
 
 from harness.data import Record
 from harness.families import family_tokenizer
-from harness.generation.backend import Sample, StopSequences, token_budgets
+from harness.generation.backend import Sample, StopSequences, prompt_seeds, token_budgets
 from harness.generation.prompts import Prompter
 from harness.sections import PromptTemplate
+from harness.seeds import seed_for
 from harness.strategies.base import Solution
 from harness.strategies.step_controlled import StepControlled, split_steps, step_temperature
 from harness.strategies.step_controlled_config import StepControlledConfig
@@ -47,11 +49,13 @@ def test_steps_split_on_token_ids_and_a_trailing_eos_joins_the_last_step():
 class ScriptedSteps:
     """A fake backend. A call without `stop` (the samples) gives question q's prompts the whole answers
     `answers[q]` in order; a call with `stop` gives the next entry of `steps[(q, partial answer)]` (the k-th call
-    for the same partial answer gets the k-th entry), cut right after its first stop id. Text ending in `<EOS>`
-    ends with the EOS id. Every call is recorded."""
+    for the same partial answer gets the k-th entry), cut right after its first stop id. With `by_seed`, a prompt
+    gets the entry its seed draws instead (a pure function of prompt and seed, as the real backends). Text ending
+    in `<EOS>` ends with the EOS id. Every call is recorded, with each prompt's seed."""
 
-    def __init__(self, tokenizer, prompter, answers: dict[str, list[str]], steps: dict[tuple[str, str], list[str]]):
-        self.tok, self.prompter, self.answers, self.steps = tokenizer, prompter, answers, steps
+    def __init__(self, tokenizer, prompter, answers: dict[str, list[str]], steps: dict[tuple[str, str], list[str]],
+                 by_seed: bool = False):
+        self.tok, self.prompter, self.answers, self.steps, self.by_seed = tokenizer, prompter, answers, steps, by_seed
         self.eos_token_ids = [tokenizer.eos_token_id]
         self.counts: dict[tuple, int] = {}
         self.calls: list[dict] = []
@@ -77,17 +81,17 @@ class ScriptedSteps:
         budgets = token_budgets(max_new_tokens, len(prompts))
         temperatures = [temperature] * len(prompts) if isinstance(temperature, float) else list(temperature)
         stops = StopSequences(stop)
-        call = {"adapter": adapter, "seed": seed, "stop": stop is not None, "budgets": budgets,
+        seeds = prompt_seeds(seed, len(prompts), n)
+        call = {"adapter": adapter, "seeds": seeds, "stop": stop is not None, "budgets": budgets,
                 "temperatures": temperatures, "questions": [], "partials": []}
         out = []
-        for prompt, budget in zip(prompts, budgets):
+        for prompt, budget, own_seed in zip(prompts, budgets, seeds):
             question, partial = self._split(prompt)
             call["questions"].append(question)
             call["partials"].append(partial)
-            if stop is None:
-                text = self._next((question, "samples"), self.answers[question])
-            else:
-                text = self._next((question, partial), self.steps[(question, partial)])
+            key = (question, "samples") if stop is None else (question, partial)
+            options = self.answers[question] if stop is None else self.steps[key]
+            text = random.Random(own_seed).choice(options) if self.by_seed else self._next(key, options)
             ids = self.ids(text)[:budget]
             end = stops.first_end(ids)
             ids = ids[:end] if end else ids
@@ -119,11 +123,11 @@ STEPS = {
 }
 
 
-def scripted(answers=ANSWERS, steps=STEPS, **cfg):
+def scripted(answers=ANSWERS, steps=STEPS, by_seed=False, **cfg):
     tok = family_tokenizer("chatml")
     template = PromptTemplate(user="{question}")
     prompter = Prompter(tok, template, chat_template=True)
-    backend = ScriptedSteps(tok, prompter, answers, steps)
+    backend = ScriptedSteps(tok, prompter, answers, steps, by_seed)
     fields = {"answer_prompt": template, "samples": 3, "temperature": 1.0, "max_new_tokens": 60,
               "cut": "every", "negatives_per_question": 2, "max_tries": 2} | cfg
     strategy = StepControlled(StepControlledConfig(**fields),
@@ -131,15 +135,17 @@ def scripted(answers=ANSWERS, steps=STEPS, **cfg):
     return strategy, backend
 
 
-def solved(strategy, records=RECORDS) -> list[Solution]:
+def solved(strategy, records=RECORDS, seeds=None) -> list[Solution]:
+    """The records as solved questions (record i with seed `seeds[i]`, default i); play uses only record and seed."""
+    seeds = range(len(records)) if seeds is None else seeds
     return [Solution(record=r, prompt_ids=strategy.prompter.answer_prompt(r.question), answer_ids=[], text="",
-                     extracted=None, correct=False, tokens=0) for r in records]
+                     extracted=None, correct=False, tokens=0, seed=seed) for r, seed in zip(records, seeds)]
 
 
 def test_pairs_of_a_scripted_group():
     strategy, backend = scripted()
     ids, prompt = backend.ids, strategy.prompter.answer_prompt
-    ann, bo = strategy.play(solved(strategy), seed=0)
+    ann, bo = strategy.play(solved(strategy))
 
     assert [(p.agent, p.node) for p in ann.pairs] == [("policy", "naive"), ("policy", "step:0"), ("policy", "step:1")]
     naive, step0, step1 = ann.pairs
@@ -166,7 +172,7 @@ def test_pairs_of_a_scripted_group():
 
 def test_one_call_per_round_for_the_whole_group_each_try_at_its_step_temperature():
     strategy, backend = scripted()
-    strategy.play(solved(strategy), seed=0)
+    strategy.play(solved(strategy, seeds=[11, 12]))
     samples, *rounds = backend.calls
     assert (samples["stop"], samples["questions"]) == (False, [ANN] * 3 + [BO] * 3)
     assert samples["temperatures"] == [1.0] * 6
@@ -180,17 +186,25 @@ def test_one_call_per_round_for_the_whole_group_each_try_at_its_step_temperature
     assert rounds[0]["budgets"][0] == 60 - kept
     assert rounds[1]["budgets"][0] == 60 - kept - len(backend.ids("Add them.\n"))
     assert backend.resets == ["policy"]  # the samples start from a reset cache
+    # Every draw's seed comes from its question's seed and where it is: sample k; cut, try, step.
+    assert samples["seeds"] == [seed_for(q, "sample", k) for q in (11, 12) for k in range(3)]
+    assert [c["seeds"] for c in rounds] == [
+        [seed_for(11, "continue", 0, 0, 0), seed_for(11, "continue", 1, 0, 0), seed_for(12, "continue", 0, 0, 0)],
+        [seed_for(11, "continue", 0, 0, 1), seed_for(12, "continue", 0, 1, 0)],
+        [seed_for(11, "continue", 0, 1, 0)],
+        [seed_for(11, "continue", 0, 1, 1)],
+    ]
 
 
 def test_code_schedule_one_try_and_random_cuts():
     strategy, backend = scripted(schedule="code", max_tries=1)
-    ann, bo = strategy.play(solved(strategy), seed=0)
+    ann, bo = strategy.play(solved(strategy))
     assert [p.node for p in ann.pairs] == ["naive", "step:1"]  # cut 0's only try ended correct
     assert bo.pairs == []
     assert [c["temperatures"] for c in backend.calls[1:]] == [[1.1, 1.1, 1.1], [1.2]]
 
     strategy, _ = scripted(cut="random", negatives_per_question=1)
-    ann, bo = strategy.play(solved(strategy), seed=0)
+    ann, bo = strategy.play(solved(strategy))
     assert ann.log["cuts"] == 1 and bo.log["cuts"] == 1
     assert len([p for p in ann.pairs if p.node.startswith("step:")]) == 1
 
@@ -201,12 +215,14 @@ LONG_STEPS = {(LONG, "one\ntwo\nthree\nfour\nfive\n"[: i]): ["#### 9" + EOS]
               for i in [4, 8, 14, 19, 24]}
 
 
-def random_cut_nodes(seed: int) -> tuple[list[str], list[int]]:
-    record = Record(id="c", question=LONG, answer="2", solution=None, task="gsm8k")
+CY = Record(id="c", question=LONG, answer="2", solution=None, task="gsm8k")
+
+
+def random_cut_nodes(seed: int) -> tuple[list[str], list[list[int]]]:
     strategy, backend = scripted({LONG: [LONG_ANSWER]}, LONG_STEPS, samples=1, cut="random",
                                  negatives_per_question=2)
-    (play,) = strategy.play(solved(strategy, [record]), seed=seed)
-    return [p.node for p in play.pairs], [c["seed"] for c in backend.calls]
+    (play,) = strategy.play(solved(strategy, [CY], [seed]))
+    return [p.node for p in play.pairs], [c["seeds"] for c in backend.calls]
 
 
 def test_random_cuts_are_a_function_of_the_seed():
@@ -219,9 +235,35 @@ def test_random_cuts_are_a_function_of_the_seed():
     assert random_cut_nodes(8)[1] != seeds
 
 
+SEEDED_ANSWERS = {
+    LONG: [LONG_ANSWER, "one\ntwo\n#### 3" + EOS],
+    ANN: ANSWERS[ANN],
+}
+SEEDED_STEPS = {key: ["#### 9" + EOS, "#### 2" + EOS, "#### 4" + EOS] for key in LONG_STEPS} | STEPS | {
+    (ANN, "2 + 3 = 5\nSo 5 apples.\n"): ["#### 8" + EOS, "#### 5" + EOS]}
+
+
+def seeded_play(records: list[Record], seeds: list[int]):
+    """Each question's pairs, tokens and the seeds its prompts got, on a backend whose samples follow the seeds."""
+    strategy, backend = scripted(SEEDED_ANSWERS, SEEDED_STEPS, by_seed=True, samples=4, cut="random",
+                                 negatives_per_question=2, max_tries=3)
+    plays = strategy.play(solved(strategy, records, seeds))
+    seeds_of = {r.question: [s for c in backend.calls for q, s in zip(c["questions"], c["seeds"]) if q == r.question]
+                for r in records}
+    return {r.id: (play.pairs, play.tokens, play.log, seeds_of[r.question]) for r, play in zip(records, plays)}
+
+
+def test_a_questions_pairs_do_not_depend_on_the_other_questions_of_its_group():
+    alone = seeded_play([CY], [5])["c"]
+    assert any(p.node.startswith("step:") for p in alone[0]), "no step pair: the test checks nothing"
+    for records, seeds in [([CY, RECORDS[0]], [5, 6]), ([RECORDS[0], CY], [6, 5]), ([RECORDS[0], CY], [5, 5])]:
+        assert seeded_play(records, seeds)["c"] == alone
+    assert seeded_play([CY], [4])["c"] != alone  # the question's own seed does change what it gets
+
+
 def test_timings_report_the_phases_and_reset():
     strategy, _ = scripted()
-    strategy.play(solved(strategy), seed=0)
+    strategy.play(solved(strategy))
     first = strategy.timings()
     assert set(first) == {"sample_seconds", "continue_seconds"} and all(v > 0 for v in first.values())
     assert strategy.timings() == {"sample_seconds": 0.0, "continue_seconds": 0.0}
@@ -292,8 +334,9 @@ def test_tiny_model_pairs_are_token_exact_and_repeat_for_a_seed(warm_tiny):
 
     records = load_source(DataSource(source="bundled:arith", format="gsm8k", limit=8)).records
     strategy = tiny_strategy()
-    plays = strategy.play(strategy.solve(records, seed=1), seed=2)
-    again = tiny_strategy().play(strategy.solve(records, seed=1), seed=2)
+    seeds = list(range(len(records)))
+    plays = strategy.play(strategy.solve(records, seeds))
+    again = tiny_strategy().play(strategy.solve(records, seeds))
     assert [[p.to_dict() for p in play.pairs] for play in plays] == [[p.to_dict() for p in play.pairs]
                                                                       for play in again]
     assert [play.tokens for play in plays] == [play.tokens for play in again]
@@ -320,3 +363,21 @@ def test_recipe_strategy_blocks_validate(name):
     if name != "scdpo-tiny":
         assert dpo.update == "after_stream" and dpo.epochs == 2
         assert all(f"online.dpo.{f}" in sources for f in ("beta", "lr", "epochs", "batch_pairs"))
+
+
+def test_tiny_model_pairs_of_a_question_are_the_same_alone_and_in_its_group(warm_tiny):
+    """On the real HF backend each row samples from its own generator: a question played alone gives the pairs it
+    gives inside a group of 8 (the batched forward passes differ in shape and padding; on this model and these seeds
+    their float rounding does not change a sampled id)."""
+    from harness.data import load_source
+    from harness.recipe import DataSource
+
+    records = load_source(DataSource(source="bundled:arith", format="gsm8k", limit=8)).records
+    strategy = tiny_strategy()
+    solutions = strategy.solve(records, [seed_for(4, i) for i in range(len(records))])
+    together = strategy.play(solutions)
+    assert any(p.node.startswith("step:") for play in together for p in play.pairs), "no step pair: checks nothing"
+    for solution, play in zip(solutions, together):
+        (alone,) = strategy.play([solution])
+        assert [p.to_dict() for p in alone.pairs] == [p.to_dict() for p in play.pairs]
+        assert (alone.tokens, alone.log) == (play.tokens, play.log)

@@ -33,13 +33,15 @@ class Backend(Protocol):
         temperature: float | list[float],
         top_p: float = 1.0,
         n: int = 1,
-        seed: int = 0,
+        seed: int | list[int] = 0,
         stop: list[list[int]] | None = None,
     ) -> list[list[Sample]]:
         """`n` continuations of each prompt, each at most `max_new_tokens` long (one budget for all prompts, or
-        one per prompt) at `temperature` (one for all prompts, or one per prompt; 0 = greedy); deterministic for a
-        given seed and batch from a reset cache. A sample ends at EOS, at its budget, or right after the first
-        generated ids that equal one of the `stop` sequences (matched in the generated ids only)."""
+        one per prompt) at `temperature` (one for all prompts, or one per prompt; 0 = greedy). Every continuation
+        draws from its own random stream: continuation j of prompt i from `seed[i] + j` (an int `seed` gives prompt
+        i the seed `seed + i * n`), so what a prompt gets depends on its seed, not on the other prompts of the call
+        (up to the float rounding of batched kernels). A sample ends at EOS, at its budget, or right after the
+        first generated ids that equal one of the `stop` sequences (matched in the generated ids only)."""
         ...
 
     def next_token_logprobs(self, prompts: list[list[int]], adapter: str | None,
@@ -98,6 +100,14 @@ def temperatures(temperature: float | list[float], prompts: int) -> list[float]:
     if len(values) != prompts:
         raise ValueError(f"need one temperature per prompt ({prompts} prompts), got {temperature!r}")
     return values
+
+
+def prompt_seeds(seed: int | list[int], prompts: int, n: int) -> list[int]:
+    """One seed per prompt: the list as given, or `seed + i * n` for prompt i (continuation j adds j)."""
+    seeds = [seed + i * n for i in range(prompts)] if isinstance(seed, int) else list(seed)
+    if len(seeds) != prompts:
+        raise ValueError(f"need one seed per prompt ({prompts} prompts), got {len(seeds)}")
+    return seeds
 
 
 def token_budgets(max_new_tokens: int | list[int], prompts: int) -> list[int]:

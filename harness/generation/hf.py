@@ -5,18 +5,20 @@ Adapters are switched by name on the same weights, so an online update is visibl
 KV reuse. A Flow batch is mostly shared prefixes: a question's rollouts all continue prompt + a prefix of the
 main chain, and a question's Stop prompts repeat the question and each partial answer. `generate` therefore
 encodes a batch's prompts once as packed token trees (`prefix_tree.pack`: every shared token once), gathers each
-sequence's left-padded KV cache out of the packed one and decodes from there; `next_token_logprobs` (and
-`yes_probability`) read the next-token distribution off the same packed forward. transformers' `generate` cannot
-start from such a cache (it encodes every row in full), which is why decoding is written here: a plain sampling
-loop (temperature, one for the call or one per prompt, then transformers' `TopPLogitsWarper`) over `DynamicCache`
+sequence's left-padded KV cache out of the packed one and decodes from there; `next_token_logprobs` (the Stop
+LLM's Yes/No, MCTS-DPO's self-evaluation) reads the next-token distribution off the same packed forward.
+transformers' `generate` cannot start from such a cache (it encodes every row in full), which is why decoding is
+written here: a plain sampling loop (temperature, one for the call or one per prompt, then transformers'
+`TopPLogitsWarper`) over `DynamicCache`
 that also drops each sequence from the batch as soon as it ends (EOS, its own token budget, or one of the call's
 stop sequences), where `generate` keeps computing finished rows until the longest one ends.
 Across calls, the KV of every decoded sequence and every Stop prompt is kept (`kv_store.KVStore`, per adapter,
 dropped when the weights change) so that the next chunk of a partial answer, a rollout from a prefix of its main
 chain, or the next Stop prompt encodes only its new tokens. `reset_cache` forgets it: the Flow calls it when new
 questions start, so a run's results never depend on calls made before them (a resumed run matches one never
-killed). Sampling is seeded per call, so from a reset cache a call is a pure function of (weights, prompts,
-budgets, seed); reused KV equals recomputed KV up to float rounding.
+killed). Every sequence samples from its own generator, seeded per prompt, so a continuation is a function of
+(weights, its prompt, budget, temperature, seed) whatever else the call holds; reused KV equals recomputed KV, and
+a batch of one equals a batch of many, up to float rounding.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from harness.generation.backend import (
     Sample,
     StopSequences,
     end_token_ids,
+    prompt_seeds,
     temperatures,
     token_budgets,
 )
@@ -84,20 +87,20 @@ class HFBackend:
         temperature: float | list[float],
         top_p: float = 1.0,
         n: int = 1,
-        seed: int = 0,
+        seed: int | list[int] = 0,
         stop: list[list[int]] | None = None,
     ) -> list[list[Sample]]:
         budgets = token_budgets(max_new_tokens, len(prompts))
-        # A list samples row by row; a scalar keeps the one-temperature path (and so its exact random draws).
-        per_prompt = None if isinstance(temperature, (int, float)) else temperatures(temperature, len(prompts))
+        temps = temperatures(temperature, len(prompts))
+        seeds = prompt_seeds(seed, len(prompts), n)
         stops = StopSequences(stop)
         out: list[list[Sample]] = [[] for _ in prompts]
         store = self._store(adapter)
         with self.adapter(adapter):
-            for start, group in self._groups(prompts, max(1, self.max_batch // n)):
-                group_temperature = temperature if per_prompt is None else [per_prompt[i] for i in group]
+            for _, group in self._groups(prompts, max(1, self.max_batch // n)):
                 samples = self._generate([prompts[i] for i in group], [budgets[i] for i in group],
-                                         group_temperature, top_p, n, seed + start, store, stops)
+                                         [temps[i] for i in group], top_p, n, [seeds[i] for i in group], store,
+                                         stops)
                 for i, row in zip(group, samples):
                     out[i] = row
         return out
@@ -199,57 +202,38 @@ class HFBackend:
         store.add(tuple(tokens), [(layer.keys[row, :, start:end].clone(), layer.values[row, :, start:end].clone())
                                   for layer in cache.layers])
 
-    def _sample(self, logits: torch.Tensor, temperature: float | torch.Tensor, top_p: float,
-                generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """A token per row and its log-probability under the sampling distribution (greedy: the model's);
-        `temperature` is one for all rows, or a tensor of one per row."""
-        if isinstance(temperature, torch.Tensor):
-            return self._sample_rows(logits, temperature, top_p, generator)
-        if temperature <= 0:
-            logprobs = torch.log_softmax(logits, -1)
-            token = logits.argmax(-1)
-        else:
-            scores = logits / temperature
-            if top_p < 1.0:
-                scores = TopPLogitsWarper(top_p)(None, scores)
-            logprobs = torch.log_softmax(scores, -1)
-            token = torch.multinomial(logprobs.exp(), 1, generator=generator)[:, 0]
-        return token, logprobs.gather(-1, token[:, None])[:, 0]
-
-    def _sample_rows(self, logits: torch.Tensor, temperature: torch.Tensor, top_p: float,
-                     generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """`_sample` with one temperature per row (<= 0: greedy). Every row takes part in the draw (greedy rows at
-        temperature 1, their draw then replaced by the argmax), so that each sampled row gets the random numbers it
-        would get in a call at one temperature: rows at equal temperatures give that call's samples exactly."""
+    def _sample(self, logits: torch.Tensor, temperature: torch.Tensor, top_p: float,
+                generators: list[torch.Generator]) -> tuple[torch.Tensor, torch.Tensor]:
+        """A token per row and its log-probability under the sampling distribution (greedy rows, temperature <= 0:
+        the argmax and the model's log-probability). Each sampled row draws from its own generator, so its draw
+        does not depend on the other rows of the batch."""
         greedy = temperature <= 0
-        if bool(greedy.all()):
-            return self._sample(logits, 0.0, top_p, generator)
         scores = logits / torch.where(greedy, 1.0, temperature)[:, None]
         if top_p < 1.0:
-            scores = TopPLogitsWarper(top_p)(None, scores)
+            scores = torch.where(greedy[:, None], scores, TopPLogitsWarper(top_p)(None, scores))
         logprobs = torch.log_softmax(scores, -1)
-        token = torch.multinomial(logprobs.exp(), 1, generator=generator)[:, 0]
-        if bool(greedy.any()):
-            token = torch.where(greedy, logits.argmax(-1), token)
-            logprobs = torch.where(greedy[:, None], torch.log_softmax(logits, -1), logprobs)
+        probs = logprobs.exp()
+        token = logits.argmax(-1)
+        for row in torch.nonzero(~greedy)[:, 0].tolist():
+            token[row] = torch.multinomial(probs[row], 1, generator=generators[row])[0]
         return token, logprobs.gather(-1, token[:, None])[:, 0]
 
-    def _generate(self, prompts: list[list[int]], budgets: list[int], temperature: float | list[float], top_p: float,
-                  n: int, seed: int, store: KVStore, stops: StopSequences) -> list[list[Sample]]:
+    def _generate(self, prompts: list[list[int]], budgets: list[int], temps: list[float], top_p: float, n: int,
+                  seeds: list[int], store: KVStore, stops: StopSequences) -> list[list[Sample]]:
         packing, tree_cache, last_hidden = self._encode_with_store(prompts, store)
         copies = [i for i in range(len(prompts)) for _ in range(n)]  # sequence -> its prompt
         cache, mask = self._sequence_cache(packing, tree_cache, prompts, copies)
         del tree_cache
         logits = self._head(last_hidden)[torch.tensor(copies, device=self.device)]
         positions = torch.tensor([len(prompts[i]) for i in copies], device=self.device)
-        if isinstance(temperature, list):
-            temperature = torch.tensor([float(temperature[i]) for i in copies], device=self.device)
-        generator = torch.Generator(self.device).manual_seed(seed)
+        temperature = torch.tensor([float(temps[i]) for i in copies], device=self.device)
+        # sequence s = continuation j of prompt i draws from seed[i] + j
+        generators = [torch.Generator(self.device).manual_seed(seeds[i] + s % n) for s, i in enumerate(copies)]
         tokens: list[list[int]] = [[] for _ in copies]
         logprobs: list[list[float]] = [[] for _ in copies]
         active = list(range(len(copies)))
         while True:
-            token, logprob = self._sample(logits, temperature, top_p, generator)
+            token, logprob = self._sample(logits, temperature, top_p, generators)
             keep = []
             for row, (seq, t, lp) in enumerate(zip(active, token.tolist(), logprob.tolist())):
                 tokens[seq].append(t)
@@ -264,9 +248,8 @@ class HFBackend:
             if len(keep) < len(active):  # drop the sequences that ended from the batch
                 index = torch.tensor(keep, device=self.device)
                 cache.batch_select_indices(index)
-                mask, positions, token = mask[index], positions[index], token[index]
-                if isinstance(temperature, torch.Tensor):
-                    temperature = temperature[index]
+                mask, positions, token, temperature = mask[index], positions[index], token[index], temperature[index]
+                generators = [generators[row] for row in keep]
                 active = [active[row] for row in keep]
             mask = torch.cat([mask, mask.new_ones((len(active), 1))], dim=1)
             logits = self._step(token, mask, positions, cache)

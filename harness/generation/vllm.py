@@ -40,7 +40,7 @@ from itertools import count
 from pathlib import Path
 from typing import Any
 
-from harness.generation.backend import Sample, StopSequences, temperatures, token_budgets
+from harness.generation.backend import Sample, StopSequences, prompt_seeds, temperatures, token_budgets
 
 _LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 """Values vLLM accepts for max_lora_rank (vllm.config.lora.MaxLoRARanks)."""
@@ -178,10 +178,11 @@ class VLLMBackend:
         temperature: float | list[float],
         top_p: float = 1.0,
         n: int = 1,
-        seed: int = 0,
+        seed: int | list[int] = 0,
         stop: list[list[int]] | None = None,
     ) -> list[list[Sample]]:
-        """`n` continuations per prompt, each request at its own temperature; stops only at `eos_token_ids` and
+        """`n` continuations per prompt, each request at its own temperature and seed; stops only at `eos_token_ids`
+        and
         the `stop` sequences, as the HF backend does (longer-than-one-id sequences: see the module docstring)."""
         from vllm import SamplingParams
 
@@ -191,6 +192,7 @@ class VLLMBackend:
         stops = StopSequences(stop)
         stop_ids = list(dict.fromkeys(self.eos_token_ids + [s[0] for s in stop or [] if len(s) == 1]))
         temps = temperatures(temperature, len(prompts))
+        seeds = prompt_seeds(seed, len(prompts), n)
         params = [
             SamplingParams(
                 # vLLM refuses n > 1 for greedy requests: draw once, copy below (as HF's n greedy copies are equal).
@@ -199,8 +201,7 @@ class VLLMBackend:
                 top_p=top_p if t > 0 else 1.0,
                 top_k=0,
                 max_tokens=budget,
-                # vLLM gives child j of a request the seed `seed + j`: space prompts n apart.
-                seed=seed + i * n if t > 0 else None,
+                seed=s if t > 0 else None,  # vLLM gives child j of a request the seed `seed + j`, as HF does
                 logprobs=0,
                 # vLLM would also stop at ids of its own choosing (generation_config): exactly ours, as in HF.
                 ignore_eos=True,
@@ -208,7 +209,7 @@ class VLLMBackend:
                 detokenize=False,
                 skip_special_tokens=False,
             )
-            for i, (budget, t) in enumerate(zip(budgets, temps))
+            for budget, t, s in zip(budgets, temps, seeds)
         ]
         out: list[list[Sample]] = []
         for request in self._run(prompts, params, adapter):

@@ -28,7 +28,8 @@ def run_baseline(recipe: Recipe, run: RunDir, engine: Engine) -> dict:
 
     def work(number: int, batch) -> list[dict]:
         answers = one_pass(engine.backend, engine.prompter, [r for r, _ in batch], None, engine.base_answer_budget(),
-                           cfg.temperature, recipe.strategy.top_p, seed_for(recipe.online.seed, STAGE, number))
+                           cfg.temperature, recipe.strategy.top_p,
+                           [seed_for(recipe.online.seed, STAGE, r.id, k) for r, k in batch])
         return [{"id": r.id, "sample": k, "prompt_ids": a.prompt_ids, "answer_ids": a.answer_ids,
                  "text": a.text, "extracted": a.extracted, "correct": a.correct, **a.log}
                 for (r, k), a in zip(batch, answers)]

@@ -111,12 +111,13 @@ def collect(source: str, recipe: Recipe, run: RunDir, lazy: LazyEngine, records)
     strategy = build_strategy(recipe.strategy, engine)
     engine.backend.adapters_updated(strategy.agents)
     cfg = recipe.compile
-    jobs = [r for r in records for _ in range(cfg.flow_samples)]
+    jobs = [(r, k) for r in records for k in range(cfg.flow_samples)]
 
     def work(number: int, batch) -> list[dict]:
-        solutions = strategy.solve(batch, seed_for(cfg.seed, STAGE, number), temperature=cfg.temperature)
+        solutions = strategy.solve([r for r, _ in batch], [seed_for(cfg.seed, STAGE, r.id, k) for r, k in batch],
+                                   temperature=cfg.temperature)
         return [{"id": r.id, "correct": s.correct, "prompt_ids": s.prompt_ids, "completion_ids": s.answer_ids,
-                 "chunks": s.log.get("chunks", 1), "end": s.log.get("end")} for r, s in zip(batch, solutions)]
+                 "chunks": s.log.get("chunks", 1), "end": s.log.get("end")} for (r, _), s in zip(batch, solutions)]
 
     lines = run_batches(run.stage(STAGE) / "flow_traces.jsonl", jobs, cfg.batch_size, work)
     return [{"id": line["id"], "prompt_ids": line["prompt_ids"], "chunks": line["chunks"],

@@ -9,8 +9,10 @@ strategy (harness/strategies/), which this stage knows only through its protocol
   3. learn: each agent's learner queues its pairs and steps (`online.dpo.update`: right away on each question's
      pairs, whenever a full batch is there, or after the whole stream for `epochs` passes);
   4. log: one line per question goes to progress.jsonl; every `checkpoint_every` questions a checkpoint is written.
-Every random draw is seeded from (recipe seed, question index), so a run resumed from a checkpoint repeats the
-lines after it exactly and ends with the same log and adapter weights as a run never killed.
+Every random draw is seeded from (recipe seed, question index) and where it happens, never from the batch it
+is in: a run resumed from a checkpoint repeats the lines after it exactly and ends with the same log and adapter
+weights as a run never killed. The trained, frozen and zero-shot answers of a question share its seed, so where
+the adapters are still the base model's (or `lr` is 0) the three curves agree question by question.
 """
 
 from __future__ import annotations
@@ -70,25 +72,25 @@ def run_online(recipe: Recipe, run: RunDir, engine: Engine) -> dict:
         metrics.question(line)
     for first in range(start, len(stream), cfg.question_batch):
         group = stream[first : first + cfg.question_batch]
-        seed = seed_for(cfg.seed, first)
+        seeds = [seed_for(cfg.seed, index) for index in range(first, first + len(group))]
         share = 1 / len(group)  # a group's generation time is split evenly over its questions
 
         t0 = time.perf_counter()
-        solutions = strategy.solve(group, seed)
+        solutions = strategy.solve(group, seeds)
         generate_seconds = time.perf_counter() - t0
 
         t0 = time.perf_counter()
         curves: dict[str, list[bool]] = {}
         if "frozen" in cfg.curves:
-            curves[CURVES["frozen"]] = [s.correct for s in strategy.solve(group, seed, trained=False)]
+            curves[CURVES["frozen"]] = [s.correct for s in strategy.solve(group, seeds, trained=False)]
         if "zero_shot" in cfg.curves:
             curves[CURVES["zero_shot"]] = [s.correct for s in one_pass(
                 engine.backend, engine.prompter, group, None, engine.base_answer_budget(),
-                cfg.strategy.temperature, cfg.strategy.top_p, seed)]
+                cfg.strategy.temperature, cfg.strategy.top_p, seeds)]
         curves_seconds = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        plays = strategy.play(solutions, seed_for(seed, "rollout"))
+        plays = strategy.play(solutions)
         rollout_seconds = time.perf_counter() - t0
         own_seconds = strategy.timings()
 

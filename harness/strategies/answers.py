@@ -11,7 +11,6 @@ from harness.data import Record
 from harness.evaluation.grading import grade
 from harness.generation.backend import Backend
 from harness.generation.prompts import Prompter
-from harness.seeds import round_seed
 from harness.strategies.base import PolicyConfig, Solution
 from harness.training.learner import Pair
 
@@ -20,18 +19,19 @@ AGENT = "policy"
 
 
 def one_pass(backend: Backend, prompter: Prompter, records: list[Record], adapter: str | None, budget: int,
-             temperature: float, top_p: float, seed: int) -> list[Solution]:
-    """One sampled answer per record from a reset cache (so it never depends on earlier calls), in one call."""
+             temperature: float, top_p: float, seeds: list[int]) -> list[Solution]:
+    """One sampled answer per record (record i drawn with seed i) from a reset cache (so it never depends on
+    earlier calls), in one call."""
     backend.reset_cache(adapter)
     prompts = [prompter.answer_prompt(r.question) for r in records]
-    samples = backend.generate(prompts, adapter, budget, temperature, top_p, n=1, seed=round_seed(seed, 0))
+    samples = backend.generate(prompts, adapter, budget, temperature, top_p, n=1, seed=list(seeds))
     out = []
-    for record, prompt, (sample,) in zip(records, prompts, samples):
+    for record, prompt, seed, (sample,) in zip(records, prompts, seeds, samples):
         text = prompter.tokenizer.decode(sample.token_ids, skip_special_tokens=True)
         result = grade(text, record.answer, record.task)
         out.append(Solution(record=record, prompt_ids=prompt, answer_ids=sample.token_ids, text=text,
                             extracted=result.extracted, correct=result.correct, tokens=len(sample.token_ids),
-                            log={"end": "eos" if sample.finished else "length"}))
+                            seed=seed, log={"end": "eos" if sample.finished else "length"}))
     return out
 
 
@@ -43,10 +43,10 @@ class OnePassPolicy:
         self.agents = cfg.agents()
         self.backend, self.prompter, self.tokenizer = engine.backend, engine.prompter, engine.tokenizer
 
-    def solve(self, records: list[Record], seed: int, trained: bool = True,
+    def solve(self, records: list[Record], seeds: list[int], trained: bool = True,
               temperature: float | None = None) -> list[Solution]:
         return one_pass(self.backend, self.prompter, records, AGENT if trained else None, self.cfg.max_new_tokens,
-                        self.cfg.temperature if temperature is None else temperature, self.cfg.top_p, seed)
+                        self.cfg.temperature if temperature is None else temperature, self.cfg.top_p, seeds)
 
 
 def whole_answer_pairs(right: list[Solution], wrong: list[Solution], most: int, node: str) -> list[Pair]:

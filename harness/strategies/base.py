@@ -3,13 +3,15 @@
 A strategy turns training questions into preference pairs for the adapters (agents) it trains. The online stage
 (harness/stages/online.py) knows nothing of chunks, trees or schedules; it calls, for each group of questions:
 
-- `solve(records, seed)`: answer with the current weights (progressive validation: the question has not been
+- `solve(records, seeds)`: answer with the current weights (progressive validation: the question has not been
   learned from yet); `trained=False` answers with the adapters disabled (the frozen curve). Compile calls it too,
   for the policy's SFT traces;
-- `play(solutions, seed)`: explore from those answers and return each question's pairs, the tokens it generated
-  and its own log fields.
+- `play(solutions)`: explore from those answers and return each question's pairs, the tokens it generated and
+  its own log fields.
 
-Everything a strategy writes is token ids (never re-tokenized text), and its randomness comes only from `seed`.
+Everything a strategy writes is token ids (never re-tokenized text). Its randomness comes only from each
+question's seed: every prompt it sends derives its own seed from that one and from where it is (node, sample,
+try), so what a question gets does not depend on which questions share its batch.
 """
 
 from __future__ import annotations
@@ -70,6 +72,8 @@ class Solution:
     correct: bool
     tokens: int
     """Tokens generated for it, discarded ones included."""
+    seed: int = 0
+    """The question's seed it was drawn with; `play` derives its own draws from it."""
     log: dict = field(default_factory=dict)
     """The strategy's own fields for the progress line (e.g. chunks and how the answer ended)."""
     state: Any = None
@@ -89,13 +93,13 @@ class Strategy(Protocol):
     agents: list[str]
     """Adapters trained, as in the config's `agents()`."""
 
-    def solve(self, records: list[Record], seed: int, trained: bool = True,
+    def solve(self, records: list[Record], seeds: list[int], trained: bool = True,
               temperature: float | None = None) -> list[Solution]:
-        """Answer every record with the current adapters (`trained=False`: adapters disabled), in one batch;
-        `temperature` overrides the config's."""
+        """Answer every record (record i with seed i) with the current adapters (`trained=False`: adapters
+        disabled), in one batch; `temperature` overrides the config's."""
         ...
 
-    def play(self, solutions: list[Solution], seed: int) -> list[Play]:
+    def play(self, solutions: list[Solution]) -> list[Play]:
         """Preference pairs of each solved question, in one batch over the group."""
         ...
 

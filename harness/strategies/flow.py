@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from harness.evaluation.grading import grade
 from harness.generation.backend import Backend, Sample, yes_probability
 from harness.generation.prompts import Prompter
-from harness.seeds import round_seed
+from harness.seeds import seed_for
 from harness.strategies.flow_dpo_config import FlowDPOConfig
 
 
@@ -28,6 +28,8 @@ class Trace:
     gold: str
     task: str
     prompt_ids: list[int]
+    seed: int = 0
+    """This trace's random stream: draw d of chunk c samples with seed_for(seed, c, d), whatever the batch."""
     chunks: list[list[int]] = field(default_factory=list)
     stop_probs: list[float | None] = field(default_factory=list)
     """P(Yes) asked after each chunk (None where Stop was not asked)."""
@@ -46,6 +48,8 @@ class Trace:
     tries_left: int = 0
     redrawing: bool = False
     """A draw repeated the chunk to avoid: the next round draws all remaining tries at once."""
+    draws: int = 0
+    """Draws made so far for the chunk being written (a rollout redraws a chunk that repeats the original)."""
     discarded_tokens: int = 0
     """Tokens generated but not kept: redrawn alternatives, and a draft's tokens after the Stop LLM said yes."""
     draft: list[list[int]] = field(default_factory=list)
@@ -102,17 +106,20 @@ class Flow:
         """Ids the Stop LLM reads after a partial answer; its next token is Yes or No."""
         return self.prompter.spliced(self.cfg.stop_prompt, answer_ids, question=question)
 
-    def start(self, question: str, gold: str, task: str) -> Trace:
-        return Trace(question=question, gold=gold, task=task, prompt_ids=self.prompter.answer_prompt(question))
+    def start(self, question: str, gold: str, task: str, seed: int) -> Trace:
+        return Trace(question=question, gold=gold, task=task, prompt_ids=self.prompter.answer_prompt(question),
+                     seed=seed)
 
-    def branch(self, trace: Trace, node: tuple[str, int], tries: int) -> Trace:
-        """A rollout that shares the trace's prefix up to `node` and takes another action there."""
+    def branch(self, trace: Trace, node: tuple[str, int], tries: int, index: int = 0) -> Trace:
+        """Rollout `index` from `node`: it shares the trace's prefix up to the node, takes another action there and
+        draws from a stream of its own, derived from the trace's and the node's."""
         kind, i = node
         if kind == "answer":
             keep, pending = i, "chunk"
         else:
             keep, pending = i + 1, "stop"
         alt = Trace(question=trace.question, gold=trace.gold, task=trace.task, prompt_ids=trace.prompt_ids,
+                    seed=seed_for(trace.seed, "rollout", kind, i, index),
                     chunks=[list(c) for c in trace.chunks[:keep]], stop_probs=trace.stop_probs[:i],
                     decisions=trace.decisions[:i], pending=pending)
         if kind == "answer":
@@ -123,7 +130,7 @@ class Flow:
             alt.forced_decision = not trace.decisions[i]
         return alt
 
-    def run(self, traces: list[Trace], seed: int) -> list[Trace]:
+    def run(self, traces: list[Trace]) -> list[Trace]:
         """Advance every trace to its end; phases alternate, each one batched backend call.
 
         Decisions come first in a round, so that stop-node rollouts (whose decision is forced, no call) that must
@@ -134,22 +141,20 @@ class Flow:
         if not any(t.chunks for t in traces):
             self.backend.reset_cache(self.answer_adapter)
             self.backend.reset_cache(self.stop_adapter)
-        step = 0
         while True:
             deciding = [t for t in traces if t.pending == "stop"]
             if deciding:
                 self._decide(deciding)
             writing = [t for t in traces if t.pending == "chunk"]
             if writing:
-                self._write_chunks(writing, round_seed(seed, step))
+                self._write_chunks(writing)
             if not writing and not deciding:
                 break
-            step += 1
         for trace in traces:
             self._finish(trace)
         return traces
 
-    def _write_chunks(self, traces: list[Trace], seed: int) -> None:
+    def _write_chunks(self, traces: list[Trace]) -> None:
         """Sample the next chunk of every trace; in speculative mode, the whole remaining budget at once.
 
         Speculative drafting is exact in distribution: the Answer LLM's next chunk is conditioned on exactly the
@@ -164,18 +169,20 @@ class Flow:
         # takes the first that differs: the same distribution as redrawing one at a time, in one round.
         draws = [t.tries_left if t.redrawing else 1 for t in traces]
         prompts = [t.prompt_ids + t.answer_ids for t, k in zip(traces, draws) for _ in range(k)]
+        seeds = [seed_for(t.seed, len(t.chunks), t.draws + d) for t, k in zip(traces, draws) for d in range(k)]
         samples = iter(self.backend.generate(prompts, self.answer_adapter,
                                              [b for b, k in zip(budgets, draws) for _ in range(k)],
-                                             self.cfg.temperature, self.cfg.top_p, n=1, seed=seed))
+                                             self.cfg.temperature, self.cfg.top_p, n=1, seed=seeds))
         for trace, k in zip(traces, draws):
             drawn = [next(samples)[0] for _ in range(k)]
+            trace.draws += k
             chosen = self._first_acceptable(trace, drawn)
             self.stats.tokens += sum(len(d.token_ids) for d in drawn)
             trace.discarded_tokens += sum(len(d.token_ids) for d in drawn if d is not chosen)
             if chosen is None:
                 trace.redrawing = True  # every draw repeated the original: draw again next round
                 continue
-            trace.avoid_chunk, trace.redrawing = None, False
+            trace.avoid_chunk, trace.redrawing, trace.draws = None, False, 0
             ids = chosen.token_ids
             trace.draft = [ids[i : i + size] for i in range(0, len(ids), size)]
             trace.draft_finished = chosen.finished

@@ -29,17 +29,16 @@ def nodes(trace: Trace) -> list[Node]:
     return out
 
 
-def rollouts(flow: Flow, trace: Trace, per_node: int, tries: int, seed: int) -> list[tuple[Node, Trace]]:
+def rollouts(flow: Flow, trace: Trace, per_node: int, tries: int) -> list[tuple[Node, Trace]]:
     """`per_node` alternatives at every node of one main chain, continued to the end in one batched run."""
-    return rollouts_many(flow, [trace], per_node, tries, seed)[0]
+    return rollouts_many(flow, [trace], per_node, tries)[0]
 
 
-def rollouts_many(flow: Flow, traces: list[Trace], per_node: int, tries: int,
-                  seed: int) -> list[list[tuple[Node, Trace]]]:
+def rollouts_many(flow: Flow, traces: list[Trace], per_node: int, tries: int) -> list[list[tuple[Node, Trace]]]:
     """The rollouts of several main chains (a group of questions) in one batched Flow run."""
-    groups = [[(node, flow.branch(trace, node, tries)) for node in nodes(trace) for _ in range(per_node)]
+    groups = [[(node, flow.branch(trace, node, tries, j)) for node in nodes(trace) for j in range(per_node)]
               for trace in traces]
-    flow.run([alt for group in groups for _, alt in group], seed)
+    flow.run([alt for group in groups for _, alt in group])
     return groups
 
 
@@ -85,22 +84,21 @@ class FlowDPO:
         self.trained = Flow(engine.backend, engine.prompter, cfg, "answer", "stop")
         self.frozen = Flow(engine.backend, engine.prompter, cfg, None, None)
 
-    def solve(self, records: list[Record], seed: int, trained: bool = True,
+    def solve(self, records: list[Record], seeds: list[int], trained: bool = True,
               temperature: float | None = None) -> list[Solution]:
         flow = self.trained if trained else self.frozen
         if temperature is not None:
             flow = Flow(flow.backend, flow.prompter, self.cfg.model_copy(update={"temperature": temperature}),
                         flow.answer_adapter, flow.stop_adapter)
-        traces = flow.run([flow.start(r.question, r.answer, r.task) for r in records], seed)
+        traces = flow.run([flow.start(r.question, r.answer, r.task, s) for r, s in zip(records, seeds)])
         return [Solution(record=r, prompt_ids=t.prompt_ids, answer_ids=t.answer_ids, text=t.text,
                          extracted=t.extracted, correct=t.correct, tokens=len(t.answer_ids) + t.discarded_tokens,
-                         log={"chunks": len(t.chunks), "end": t.end}, state=t)
+                         seed=t.seed, log={"chunks": len(t.chunks), "end": t.end}, state=t)
                 for r, t in zip(records, traces)]
 
-    def play(self, solutions: list[Solution], seed: int) -> list[Play]:
+    def play(self, solutions: list[Solution]) -> list[Play]:
         mains = [s.state for s in solutions]
-        branches = rollouts_many(self.trained, mains, self.cfg.rollouts_per_node, self.cfg.max_resample_tries,
-                                 seed)
+        branches = rollouts_many(self.trained, mains, self.cfg.rollouts_per_node, self.cfg.max_resample_tries)
         return [Play(pairs=make_pairs(self.trained, main, own), tokens=new_tokens(own),
                      log={"nodes": len(own), "stop_decisions": stop_calls(main, own)})
                 for main, own in zip(mains, branches)]

@@ -25,11 +25,13 @@ follows the authors' code (github.com/YuxiXie/MCTS-DPO, mcts_rl/algorithms/mcts/
   solution still appears in the self-evaluation prompt, as in both.
 
 Batching: every question of the group searches at once. In each round every open expansion of every question
-samples its steps in ONE `generate` call (different budgets and temperatures per row), and the new nodes of all
-questions are self-evaluated in ONE `next_token_logprobs` call. A step that stops on a delimiter before any other
-token, and the finishing step, which runs past delimiters, go on in the next round. Round r's seed is
-seed_for(seed, "expand", r) and the cache is reset first, so the pairs are a function of the weights, the records
-and the seed.
+samples its steps in ONE `generate` call (different budgets, temperatures and seeds per row), and the new nodes of
+all questions are self-evaluated in ONE `next_token_logprobs` call (no sampling, so no seed). A step that stops on a
+delimiter before any other token, and the finishing step, which runs past delimiters, go on in the next round. Each
+row draws from its own stream, seed_for(seed_for(question seed, "expand", leaf position), draft, part): the
+question's seed and where the draw is in its tree, never the round or the other questions. With the cache reset
+first, a question's tree and pairs are a function of the weights, its record and its seed, whichever questions share
+its group (on a real model up to the float rounding of batched kernels).
 """
 
 from __future__ import annotations
@@ -61,6 +63,8 @@ class Draft:
     ids: list[int] = field(default_factory=list)
     logprob: float = 0.0
     """Sum of the log-probabilities of `ids`."""
+    parts: int = 0
+    """Generation calls it has been sampled in so far."""
     done: bool = False
     eos: bool = False
 
@@ -70,6 +74,8 @@ class Expansion:
     """The steps being sampled from one leaf."""
 
     leaf: Node
+    seed: int
+    """Seed of the leaf's draws: the question's seed and the leaf's position."""
     prompt: list[int]
     """Answer prompt and the leaf's partial answer."""
     used: int
@@ -103,14 +109,13 @@ class MCTSDPO(OnePassPolicy):
         self.search_seconds = 0.0
         self.self_eval_seconds = 0.0
 
-    def play(self, solutions: list[Solution], seed: int) -> list[Play]:
+    def play(self, solutions: list[Solution]) -> list[Play]:
         """Search every question of the group to a terminal answer, one generation round at a time."""
         start, evaluating = time.perf_counter(), self.self_eval_seconds
         self.backend.reset_cache(AGENT)
         cfg = self.cfg
         questions = [Question(s, Search(cfg.simulations, cfg.root_simulation_factor, cfg.max_depth, cfg.c_puct,
                                         cfg.commit_diversity and cfg.breadth > 1)) for s in solutions]
-        round_ = 0
         while True:
             for question in questions:
                 if question.expansion is None:
@@ -120,8 +125,7 @@ class MCTSDPO(OnePassPolicy):
             active = [q for q in questions if q.expansion is not None]
             if not active:
                 break
-            self._generate(active, seed_for(seed, "expand", round_))
-            round_ += 1
+            self._generate(active)
             ready = [q for q in active if all(d.done for d in q.expansion.drafts)]
             children = [self._children(q.expansion) for q in ready]
             self._evaluate([(q.solution.record, node) for q, nodes in zip(ready, children) for node in nodes])
@@ -143,23 +147,26 @@ class MCTSDPO(OnePassPolicy):
         temperature = cfg.root_temperature if leaf.depth == 0 and cfg.root_temperature is not None \
             else cfg.temperature
         answer = leaf.answer_ids()
-        return Expansion(leaf=leaf, prompt=question.solution.prompt_ids + answer, used=len(answer), finish=finish,
+        return Expansion(leaf=leaf, seed=seed_for(question.solution.seed, "expand", leaf.position()),
+                         prompt=question.solution.prompt_ids + answer, used=len(answer), finish=finish,
                          temperature=temperature, drafts=[Draft() for _ in range(count)])
 
     def _budget(self, expansion: Expansion, draft: Draft) -> int:
         left = self.cfg.max_new_tokens - expansion.used - len(draft.ids)
         return left if expansion.finish else min(left, self.cfg.max_step_tokens - len(draft.ids))
 
-    def _generate(self, active: list[Question], seed: int) -> None:
-        """One sampling call for every unfinished draft of every open expansion."""
-        rows = [(q, d) for q in active for d in q.expansion.drafts if not d.done]
+    def _generate(self, active: list[Question]) -> None:
+        """One sampling call for every unfinished draft of every open expansion, each row with its own seed."""
+        rows = [(q, k, d) for q in active for k, d in enumerate(q.expansion.drafts) if not d.done]
         samples = self.backend.generate(
-            [q.expansion.prompt + d.ids for q, d in rows], AGENT, [self._budget(q.expansion, d) for q, d in rows],
-            [q.expansion.temperature for q, _ in rows], self.cfg.top_p, n=1, seed=seed, stop=self.stop)
+            [q.expansion.prompt + d.ids for q, _, d in rows], AGENT,
+            [self._budget(q.expansion, d) for q, _, d in rows], [q.expansion.temperature for q, _, _ in rows],
+            self.cfg.top_p, n=1, seed=[seed_for(q.expansion.seed, k, d.parts) for q, k, d in rows], stop=self.stop)
         for question in active:
             question.rounds += 1
-        for (question, draft), (sample,) in zip(rows, samples):
+        for (question, _, draft), (sample,) in zip(rows, samples):
             draft.ids += sample.token_ids
+            draft.parts += 1
             draft.logprob += sum(sample.logprobs)
             draft.eos = sample.finished
             draft.done = self._draft_done(question.expansion, draft, sample)

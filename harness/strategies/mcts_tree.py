@@ -61,6 +61,16 @@ class Node:
             node = node.parent
         return [t for step in reversed(steps) for t in step]
 
+    def position(self) -> str:
+        """Where the node sits in its tree: the index of the child taken at each depth, e.g. "0.1" ("" at the
+        root). It depends only on the question's own search, so it names the node's random draws."""
+        indices = []
+        node: Node = self
+        while node.parent is not None:
+            indices.append(next(i for i, sibling in enumerate(node.parent.children) if sibling is node))
+            node = node.parent
+        return ".".join(map(str, reversed(indices)))
+
 
 def prior(logprobs_sum: float, length: int, length_power: float) -> float:
     """exp(sum log-prob / length ** length_power) (code: `MCTSNode.p`, length_penalty 1.25)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 
+from harness.seeds import seed_for
 from harness.strategies.answers import OnePassPolicy, whole_answer_pairs
 from harness.strategies.base import Play, Solution
 from harness.strategies.naive_dpo_config import NaiveDPOConfig
@@ -20,11 +21,12 @@ class NaiveDPO(OnePassPolicy):
         super().__init__(cfg, engine)
         self.seconds = 0.0
 
-    def play(self, solutions: list[Solution], seed: int) -> list[Play]:
+    def play(self, solutions: list[Solution]) -> list[Play]:
         """`samples` fresh answers per question, all in one call; pairs of a correct and a wrong one."""
         start = time.perf_counter()
         records = [s.record for s in solutions for _ in range(self.cfg.samples)]
-        drawn = self.solve(records, seed)
+        seeds = [seed_for(s.seed, "sample", k) for s in solutions for k in range(self.cfg.samples)]
+        drawn = self.solve(records, seeds)
         self.seconds += time.perf_counter() - start
         plays = []
         for k in range(len(solutions)):

@@ -14,9 +14,10 @@ nor pairs whose loss covers only the steps after that cut. Per question of a gro
   (harness/training/learner.py), so the loss covers the steps after k and never the shared prefix.
 
 Every live continuation of the whole group advances one step per round, all in one backend call with one
-temperature per prompt (continuations sit at different step numbers). Randomness: the cuts are drawn from
-`seed_for(seed, "cut", question index)`, the samples and each round's call from seeds derived from `seed`, so the
-pairs are a pure function of the weights, the records and the seed (from a reset cache).
+temperature and one seed per prompt (continuations sit at different step numbers). Randomness comes only from the
+question's seed (`Solution.seed`) and where a draw happens: sample k from `seed_for(seed, "sample", k)`, the random
+cuts from `seed_for(seed, "cut")`, step s of try a from cut k from `seed_for(seed, "continue", k, a, s)`. So a
+question's pairs are a function of the weights, its record and its seed, whichever questions share its group.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from dataclasses import dataclass, field, replace
 from harness.data import Record
 from harness.evaluation.grading import grade
 from harness.generation.steps import step_stop_ids
-from harness.seeds import round_seed, seed_for
+from harness.seeds import seed_for
 from harness.strategies.answers import AGENT, OnePassPolicy, whole_answer_pairs
 from harness.strategies.base import Play, Solution
 from harness.strategies.step_controlled_config import StepControlledConfig
@@ -70,6 +71,8 @@ class Continuation:
 
     question: int
     """Index of the question in the group."""
+    seed: int
+    """The question's seed: every step's seed derives from it and from (cut, attempt, step)."""
     record: Record
     cut: int
     prompt_ids: list[int]
@@ -94,16 +97,17 @@ class StepControlled(OnePassPolicy):
         self.step_ends = {stop[0] for stop in self.stops}
         self.seconds = {"sample_seconds": 0.0, "continue_seconds": 0.0}
 
-    def play(self, solutions: list[Solution], seed: int) -> list[Play]:
+    def play(self, solutions: list[Solution]) -> list[Play]:
         """Naive and step-controlled pairs of every question: one call for all samples, then one per round."""
         start = time.perf_counter()
         n = self.cfg.samples
-        drawn = self.solve([s.record for s in solutions for _ in range(n)], seed_for(seed, "samples"))
+        seeds = [seed_for(s.seed, "sample", k) for s in solutions for k in range(n)]
+        drawn = self.solve([s.record for s in solutions for _ in range(n)], seeds)
         groups = [drawn[q * n : (q + 1) * n] for q in range(len(solutions))]
         tokens = [sum(s.tokens for s in own) for own in groups]
         middle = time.perf_counter()
-        starts = [c for q, own in enumerate(groups) for c in self._cuts(q, own, seed)]
-        wrong = self._run(starts, seed_for(seed, "steps"), tokens)
+        starts = [c for q, (s, own) in enumerate(zip(solutions, groups)) for c in self._cuts(q, s.seed, own)]
+        wrong = self._run(starts, tokens)
         self.seconds["sample_seconds"] += middle - start
         self.seconds["continue_seconds"] += time.perf_counter() - middle
         plays = []
@@ -131,7 +135,7 @@ class StepControlled(OnePassPolicy):
         wrong = [s for s in own if not s.correct]
         return whole_answer_pairs(right, wrong, self.cfg.naive_pairs, "naive")
 
-    def _cuts(self, question: int, own: list[Solution], seed: int) -> list[Continuation]:
+    def _cuts(self, question: int, seed: int, own: list[Solution]) -> list[Continuation]:
         """The first tries of a question: its first usable correct answer cut after each chosen step."""
         right = [s for s in own if self._usable(s)]
         if not right or not self.cfg.negatives_per_question:
@@ -140,27 +144,27 @@ class StepControlled(OnePassPolicy):
         steps = split_steps(answer.answer_ids, self.step_ends, set(self.backend.eos_token_ids))
         cuts = list(range(len(steps) - 1))  # a cut keeps at least one step and leaves at least one
         if self.cfg.cut == "random":
-            draw = random.Random(seed_for(seed, "cut", question))
+            draw = random.Random(seed_for(seed, "cut"))
             cuts = sorted(draw.sample(cuts, min(self.cfg.negatives_per_question, len(cuts))))
         out = []
         for k in cuts:
             kept = [t for step in steps[: k + 1] for t in step]
-            out.append(Continuation(question=question, record=answer.record, cut=k,
+            out.append(Continuation(question=question, seed=seed, record=answer.record, cut=k,
                                     prompt_ids=answer.prompt_ids + kept, kept=kept,
                                     rest=answer.answer_ids[len(kept) :]))
         return out
 
-    def _run(self, live: list[Continuation], seed: int, tokens: list[int]) -> list[Continuation]:
+    def _run(self, live: list[Continuation], tokens: list[int]) -> list[Continuation]:
         """Continue every try step by step to the end of its answer, one backend call per round for all of them;
         a try that ends correct is replaced by the next try from its cut. Returns the tries that ended wrong
         (at most one per cut); adds the tokens written to each question's count."""
         wrong: list[Continuation] = []
-        round_ = 0
         while live:
             budgets = [self.cfg.max_new_tokens - len(c.kept) - len(c.ids) for c in live]
             temperatures = [step_temperature(self.cfg.schedule, c.steps) for c in live]
+            seeds = [seed_for(c.seed, "continue", c.cut, c.attempt, c.steps) for c in live]
             samples = self.backend.generate([c.prompt_ids + c.ids for c in live], AGENT, budgets, temperatures,
-                                            self.cfg.top_p, n=1, seed=round_seed(seed, round_), stop=self.stops)
+                                            self.cfg.top_p, n=1, seed=seeds, stop=self.stops)
             going: list[Continuation] = []
             for c, budget, (sample,) in zip(live, budgets, samples):
                 c.ids += sample.token_ids
@@ -173,7 +177,6 @@ class StepControlled(OnePassPolicy):
                 elif c.attempt + 1 < self.cfg.max_tries:
                     going.append(replace(c, attempt=c.attempt + 1, ids=[], steps=0))
             live = going
-            round_ += 1
         return wrong
 
     def _correct(self, record: Record, answer_ids: list[int]) -> bool:
