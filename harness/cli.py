@@ -92,6 +92,18 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from harness.pipeline import STAGES
+    from harness.sweep import run_sweep, sweep_spec
+
+    key, _ = sweep_spec(args.spec)
+    root = Path(args.run_dir) if args.run_dir else Path.cwd() / "results" / "runs" / f"{args.recipe}-sweep-{key}"
+    stages = [s for s in STAGES if s != "report"] if args.stages == "all" else ["online"]
+    report = run_sweep(args.recipe, args.spec, args.overrides, root, stages)
+    print(f"sweep report: {report}")
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     """Write the report, then print it as `--format` (text: a terminal summary; md; json)."""
     from harness.reporting.report import write_report
@@ -197,6 +209,16 @@ def build_parser() -> argparse.ArgumentParser:
     reproduce.add_argument("--rehearse", action="store_true", help=REHEARSE_HELP)
     reproduce.add_argument("overrides", nargs="*", help="key.sub=value")
     reproduce.set_defaults(func=cmd_reproduce)
+
+    sweep = sub.add_parser("sweep", parents=flags,
+                           help="run a recipe once per value of one field (key=v1,v2,...) and report them together")
+    sweep.add_argument("recipe")
+    sweep.add_argument("spec", help="the swept field and its values, e.g. online.strategy.chunk_size=4,12,36")
+    sweep.add_argument("--run-dir", help="root folder of the sweep (default ./results/runs/RECIPE-sweep-KEY)")
+    sweep.add_argument("--stages", choices=["online", "all"], default="online",
+                       help="what each run does: the online stage (default) or every stage")
+    sweep.add_argument("overrides", nargs="*", help="key.sub=value, the same for every run")
+    sweep.set_defaults(func=cmd_sweep)
 
     bench = sub.add_parser("bench", parents=flags, help="benchmarks that print their figures")
     bench_sub = bench.add_subparsers(dest="bench", required=True)

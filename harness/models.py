@@ -46,18 +46,33 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def warm_up_tiny(model: torch.nn.Module, tokenizer, steps: int, seed: int) -> None:
-    """A few Adam steps on bundled arithmetic solutions (rows no recipe streams), so that the tiny model gets
-    some answers right and some wrong: a model at 0% makes no preference pairs."""
+def warmup_examples(tokenizer, data: str) -> list[tuple[list[int], list[int]]]:
+    """The warm-up's (prompt, answer) ids. `arith`: rows 800+ of bundled arith.jsonl (rows no recipe streams), their
+    work followed by a MetaMathQA answer line; any other name: bundled/<name>.jsonl, rows {question, completion}
+    taken as written (a tiny world's own answer style, e.g. scripts/make_tiny_world.py)."""
     import json
 
+    bundled = Path(__file__).resolve().parent / "bundled"
+    if data == "arith":
+        rows = (bundled / "arith.jsonl").read_text().splitlines()[800:]
+        examples = []
+        for row in map(json.loads, rows):
+            work, answer = row["answer"].split("\n#### ")
+            examples.append(chat_example(tokenizer, row["question"], f"{work}. The answer is: {answer}"))
+        return examples
+    path = bundled / f"{data}.jsonl"
+    if not path.is_file():
+        raise ValueError(f"model.tiny.warmup_data: no bundled file {path.name}")
+    rows = map(json.loads, path.read_text().splitlines())
+    return [chat_example(tokenizer, row["question"], row["completion"]) for row in rows]
+
+
+def warm_up_tiny(model: torch.nn.Module, tokenizer, steps: int, seed: int, data: str = "arith") -> None:
+    """A few Adam steps on bundled solutions (`data`, see warmup_examples), so that the tiny model gets some answers
+    right and some wrong: a model at 0% makes no preference pairs."""
     from harness.training.learner import completion_logps  # the learner imports this module
 
-    rows = (Path(__file__).resolve().parent / "bundled" / "arith.jsonl").read_text().splitlines()[800:]
-    examples = []
-    for row in map(json.loads, rows):
-        work, answer = row["answer"].split("\n#### ")
-        examples.append(chat_example(tokenizer, row["question"], f"{work}. The answer is: {answer}"))
+    examples = warmup_examples(tokenizer, data)
     gen = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     model.train()
@@ -86,16 +101,26 @@ def chat_example(tokenizer, question: str, answer: str) -> tuple[list[int], list
     return ids[:cut], ids[cut:]
 
 
+def warmup_data_hash(cfg: ModelConfig) -> str:
+    """Part of the warm-up cache key: a hash of a named warm-up file's content, so that weights warmed on an older
+    version of the file are not reused (`arith` is fixed: nothing)."""
+    if cfg.tiny.warmup_data == "arith":
+        return ""
+    path = Path(__file__).resolve().parent / "bundled" / f"{cfg.tiny.warmup_data}.jsonl"
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else ""
+
+
 def load_or_warm_up_tiny(model: torch.nn.Module, tokenizer, cfg: ModelConfig) -> None:
     """Warm-up is deterministic, so its result is cached on disk under a key of the tiny model's settings."""
     from safetensors.torch import load_file, save_file
 
-    key = hashlib.sha256((WARMUP_VERSION + cfg.tiny.model_dump_json()).encode()).hexdigest()[:12]
+    tiny = cfg.tiny.model_dump_json() + warmup_data_hash(cfg)
+    key = hashlib.sha256((WARMUP_VERSION + tiny).encode()).hexdigest()[:12]
     path = cache_dir() / f"tiny-{key}.safetensors"
     if path.is_file():
         model.load_state_dict(load_file(path))
         return
-    warm_up_tiny(model, tokenizer, cfg.tiny.warmup_steps, cfg.tiny.seed)
+    warm_up_tiny(model, tokenizer, cfg.tiny.warmup_steps, cfg.tiny.seed, cfg.tiny.warmup_data)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp)
@@ -169,7 +194,8 @@ def base_model_folder(cfg: ModelConfig, model: torch.nn.Module, tokenizer) -> st
         return str(smollm2_folder())
     if cfg.name != "tiny":
         return cfg.name
-    key = hashlib.sha256((WARMUP_VERSION + cfg.dtype + cfg.tiny.model_dump_json()).encode()).hexdigest()[:12]
+    tiny = cfg.dtype + cfg.tiny.model_dump_json() + warmup_data_hash(cfg)
+    key = hashlib.sha256((WARMUP_VERSION + tiny).encode()).hexdigest()[:12]
     folder = cache_dir() / f"tiny-{key}-folder"
     if not (folder / "config.json").is_file():
         tmp = folder.with_name(folder.name + f".{os.getpid()}.tmp")

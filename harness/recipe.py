@@ -43,6 +43,9 @@ class TinyModel(Section):
     """Seed for the random initial weights."""
     warmup_steps: int = Field(0, ge=0)
     """Steps of in-process SFT on bundled arithmetic so the tiny model answers some questions right."""
+    warmup_data: str = "arith"
+    """What the warm-up learns from: `arith` (bundled arithmetic with a MetaMathQA answer line) or the name of a
+    bundled file of {question, completion} rows (harness/bundled/<name>.jsonl)."""
     family: Literal["chatml", "llama3", "phi3"] = "chatml"
     """Architecture, chat template, special tokens and EOS ids to imitate (`llama3`, `phi3`: rehearsal stand-ins
     of the paper models; `chatml`: a plain Llama with a ChatML template)."""
@@ -232,6 +235,10 @@ class RuntimeConfig(Section):
     over as many micro-batches as it needs. A pair longer than this is a micro-batch of its own."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass of DPO steps (memory for time)."""
+    curves_batch: int = Field(64, ge=1)
+    """Questions whose frozen and zero-shot answers are generated together, ahead of the training loop (those
+    curves never change during the stream, and every question keeps its own seed, so the batch size does not
+    change them)."""
     vllm: VLLMRuntime = Field(default_factory=VLLMRuntime)
     """vLLM engine settings (generation backend and lm-eval's vllm model)."""
     hf: HFRuntime = Field(default_factory=HFRuntime)

@@ -58,6 +58,21 @@ def plot_progressive(curves: dict[str, list[tuple[int, bool]]], path: Path) -> N
     save(fig, path)
 
 
+def plot_difference(points: list[dict], path: Path) -> None:
+    """The running paired difference trained − frozen (points: `stats.paired_difference` after each question)."""
+    fig, ax = figure(7.0, 3.2)
+    x = list(range(1, len(points) + 1))
+    ax.plot(x, [100 * p["delta"] for p in points], color="tab:blue", lw=1.8)
+    ax.fill_between(x, [100 * p["ci"][0] for p in points], [100 * p["ci"][1] for p in points], color="tab:blue",
+                    alpha=0.15, lw=0)
+    ax.axhline(0, color="black", lw=0.8)
+    ax.set_xlabel("training questions seen")
+    ax.set_ylabel("trained − frozen (points)")
+    ax.set_title("Paired difference trained − frozen (95% band)")
+    ax.grid(alpha=0.3)
+    save(fig, path)
+
+
 def plot_pairs(by_node: dict[str, dict[str, int]], agents: list[str], path: Path) -> None:
     """Bars of pairs per node index (then the labels without one), one bar per agent."""
     fig, ax = figure(6.0, 3.5)

@@ -29,6 +29,7 @@ REPORT_FILES = (
     "report.html",
     "report.json",
     "progressive.png",
+    "difference.png",
     "table1.png",
     "pairs_by_node.png",
     "pairs_by_chunk.png",  # written by reports made before the breakdown was by node; removed from `out`

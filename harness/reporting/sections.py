@@ -16,10 +16,10 @@ from harness.reporting.cells import num, pct, pct_ci, signed
 from harness.reporting.eval_metrics import headline_metric, metric_filter, metric_label
 from harness.reporting.names import CURVE_NAMES, ROW_NAMES, ROW_ORDER
 from harness.reporting.papers import Paper
-from harness.reporting.plots import plot_pairs, plot_progressive, plot_table1, plot_time
+from harness.reporting.plots import plot_difference, plot_pairs, plot_progressive, plot_table1, plot_time
 from harness.reporting.render import Block, note
 from harness.reporting.run_folder import Run, sum_seconds
-from harness.reporting.stats import cumulative, curve, wilson
+from harness.reporting.stats import cumulative, curve, paired_difference, verdict, wilson
 
 
 def section_progressive(
@@ -59,6 +59,17 @@ def section_progressive(
         )
     )
     blocks.append(("img", "progressive.png", "progressive accuracy"))
+    paired = [(line[CURVES["frozen"]], line[CURVES["trained"]]) for line in run.progress if CURVES["frozen"] in line]
+    if paired:
+        frozen, trained = [f for f, _ in paired], [t for _, t in paired]
+        data["difference"] = paired_difference(frozen, trained)
+        data["difference_curve"] = [paired_difference(frozen[:n], trained[:n]) for n in range(1, len(paired) + 1)]
+        data["verdict"] = verdict(data["difference"], CURVE_NAMES["frozen"], CURVE_NAMES["trained"])
+        plot_difference(data["difference_curve"], out / "difference.png")
+        blocks.append(("p", f"**Verdict.** {data['verdict']}"))
+        blocks.append(("p", "The paired difference trained − frozen over the stream (the same questions, each "
+                            "answered by both with the same seed), with its 95% band:"))
+        blocks.append(("img", "difference.png", "trained minus frozen"))
     headers = ["curve", "correct", "questions", "accuracy % [95% CI]", "done.json %"]
     rows = [
         [

@@ -60,3 +60,28 @@ def mcnemar_exact(only_first: int, only_second: int) -> float:
         return 1.0
     tail = sum(math.comb(n, i) for i in range(min(only_first, only_second) + 1))
     return min(1.0, 2 * tail / 2**n)
+
+
+def paired_difference(first: list[bool], second: list[bool], z: float = Z95) -> dict:
+    """second - first on the same questions: the mean difference with its 95% interval (normal approximation of
+    the mean of per-question differences in {-1, 0, 1}) and McNemar's exact p-value."""
+    n = len(first)
+    if n == 0 or n != len(second):
+        raise ValueError(f"a paired difference needs two equally long answer lists, got {n} and {len(second)}")
+    only_first = sum(a and not b for a, b in zip(first, second))
+    only_second = sum(b and not a for a, b in zip(first, second))
+    mean = (only_second - only_first) / n
+    half = z * math.sqrt(max(0.0, (only_first + only_second) / n - mean * mean) / n)
+    return {"n": n, "delta": mean, "ci": [mean - half, mean + half], "only_first": only_first,
+            "only_second": only_second, "p_mcnemar": mcnemar_exact(only_first, only_second)}
+
+
+def verdict(diff: dict, first: str, second: str) -> str:
+    """One line saying whether `second` beat `first` on the paired questions."""
+    lo, hi = diff["ci"]
+    figure = f"{100 * diff['delta']:+.1f} points [{100 * lo:+.1f}, {100 * hi:+.1f}] over {diff['n']} questions"
+    if diff["p_mcnemar"] < 0.05:
+        side = "better" if diff["delta"] > 0 else "worse"
+        return f"{second} is {side} than {first}: {figure} (McNemar p = {diff['p_mcnemar']:.2g})."
+    return (f"no significant difference between {second} and {first}: {figure} (McNemar p = "
+            f"{diff['p_mcnemar']:.2g}).")

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from harness.batches import run_batches
 from harness.console import Progress, percent
 from harness.data import load_source
 from harness.generation.engine import Engine
@@ -64,6 +65,7 @@ def run_online(recipe: Recipe, run: RunDir, engine: Engine) -> dict:
     write_atomic(progress, "".join(raw + "\n" for raw in kept))
 
     seen = [json.loads(raw) for raw in kept]
+    curves = measure_curves(recipe, folder, strategy, engine, stream)
     shown = Progress("online", len(stream), "question", initial=start)
     # A resumed stage replays its kept lines, so its curves read as one never killed (a crash loses only the points
     # the sink had not flushed, which the resumed stage writes again).
@@ -78,16 +80,6 @@ def run_online(recipe: Recipe, run: RunDir, engine: Engine) -> dict:
         t0 = time.perf_counter()
         solutions = strategy.solve(group, seeds)
         generate_seconds = time.perf_counter() - t0
-
-        t0 = time.perf_counter()
-        curves: dict[str, list[bool]] = {}
-        if "frozen" in cfg.curves:
-            curves[CURVES["frozen"]] = [s.correct for s in strategy.solve(group, seeds, trained=False)]
-        if "zero_shot" in cfg.curves:
-            curves[CURVES["zero_shot"]] = [s.correct for s in one_pass(
-                engine.backend, engine.prompter, group, None, engine.base_answer_budget(),
-                cfg.strategy.temperature, cfg.strategy.top_p, seeds)]
-        curves_seconds = time.perf_counter() - t0
 
         t0 = time.perf_counter()
         plays = strategy.play(solutions)
@@ -105,7 +97,8 @@ def run_online(recipe: Recipe, run: RunDir, engine: Engine) -> dict:
             updates = learn(learners, play.pairs, seed_for(cfg.seed, index), f"question {index} ({record.id})",
                             folder)
             updated |= set(updates)
-            seconds = {"generate_seconds": generate_seconds * share, "curves_seconds": curves_seconds * share,
+            answers = curves.get(index, {})
+            seconds = {"generate_seconds": generate_seconds * share, "curves_seconds": answers.get("seconds", 0.0),
                        "rollout_seconds": rollout_seconds * share,
                        **{key: value * share for key, value in own_seconds.items()},
                        "update_seconds": time.perf_counter() - t0}
@@ -113,7 +106,7 @@ def run_online(recipe: Recipe, run: RunDir, engine: Engine) -> dict:
                 index=index, id=record.id, correct_before=solution.correct, extracted=solution.extracted,
                 pairs={a: sum(p.agent == a for p in play.pairs) for a in strategy.agents},
                 pair_nodes=[p.node for p in play.pairs], updates=updates, tokens=solution.tokens + play.tokens,
-                seconds=seconds, curves={key: values[k] for key, values in curves.items()},
+                seconds=seconds, curves={key: answers[key] for key in CURVES.values() if key in answers},
                 strategy=solution.log | play.log,
             ).to_json()
             with progress.open("a") as fh:
@@ -142,6 +135,35 @@ def run_online(recipe: Recipe, run: RunDir, engine: Engine) -> dict:
     summary |= {"skipped_rows": loaded.skipped, "adapters": str(adapters)}
     run.mark_done(STAGE, summary)
     return summary
+
+
+def measure_curves(recipe: Recipe, folder: Path, strategy, engine: Engine, stream: list) -> dict[int, dict]:
+    """The frozen and zero-shot answers of the whole stream, question index -> {curve key: correct, seconds}.
+
+    Neither policy changes during the stream (the frozen one is the adapters-disabled model), so they are answered
+    apart from training, `runtime.curves_batch` questions at a time, each with its question's seed: the same
+    answers as inside the loop, and the loop's time goes to the trained policy, its pairs and its updates. Kept in
+    curves.jsonl batch by batch, so a resumed stage answers only what is missing."""
+    cfg = recipe.online
+    if "frozen" not in cfg.curves and "zero_shot" not in cfg.curves:
+        return {}
+
+    def work(_: int, batch: list) -> list[dict]:
+        t0 = time.perf_counter()
+        records, seeds = [r for _, r in batch], [seed_for(cfg.seed, index) for index, _ in batch]
+        answers: dict[str, list[bool]] = {}
+        if "frozen" in cfg.curves:
+            answers[CURVES["frozen"]] = [s.correct for s in strategy.solve(records, seeds, trained=False)]
+        if "zero_shot" in cfg.curves:
+            answers[CURVES["zero_shot"]] = [s.correct for s in one_pass(
+                engine.backend, engine.prompter, records, None, engine.base_answer_budget(),
+                cfg.strategy.temperature, cfg.strategy.top_p, seeds)]
+        share = (time.perf_counter() - t0) / len(batch)
+        return [{"index": index, **{key: values[k] for key, values in answers.items()}, "seconds": share}
+                for k, (index, _) in enumerate(batch)]
+
+    lines = run_batches(folder / "curves.jsonl", list(enumerate(stream)), recipe.runtime.curves_batch, work)
+    return {line["index"]: line for line in lines}
 
 
 def train_after_stream(recipe: Recipe, folder: Path, model, learners: dict[str, DPOLearner], agents: list[str],

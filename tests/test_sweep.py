@@ -1,0 +1,78 @@
+"""`harness sweep`: one run folder per value, a combined report with each run's numbers, and resumption."""
+
+from __future__ import annotations
+
+import gc
+import json
+
+import pytest
+
+import harness.pipeline as pipeline_mod
+from harness.cli import main as cli_main
+from harness.recipe import RecipeError
+from harness.rundir import read_jsonl
+from harness.sweep import split_values, sweep_spec
+
+ARGS = ["model.tiny.warmup_steps=300", "online.questions=4", "online.checkpoint_every=2", "online.dpo.batch_pairs=1",
+        "online.curves=[trained, frozen]", "online.strategy.chunk_size=12", "online.strategy.max_chunks=3"]
+
+
+def test_values_split_at_top_level_commas_only():
+    assert split_values("1,2.5, x") == ["1", "2.5", "x"]
+    assert split_values("[a, b],[c],'d,e'") == ["[a, b]", "[c]", "'d,e'"]
+    assert sweep_spec("online.dpo.lr=0,1e-3") == ("online.dpo.lr", ["0", "1e-3"])
+    for bad in ("online.dpo.lr=1e-3", "online.dpo.lr=1,1", "online.dpo.lr=1,", "lr"):
+        with pytest.raises(RecipeError):
+            sweep_spec(bad)
+
+
+def lines_without_seconds(path) -> list[dict]:
+    return [{k: v for k, v in line.items() if not k.endswith("_seconds")} for line in read_jsonl(path)]
+
+
+def test_sweep_runs_each_value_reports_them_and_resumes_after_a_kill(tmp_path, warm_tiny, monkeypatch):
+    spec = "online.dpo.lr=0,3e-3"
+    straight = tmp_path / "straight"
+    assert cli_main(["sweep", "tiny", spec, "--run-dir", str(straight), *ARGS]) == 0
+    report = json.loads((straight / "sweep.json").read_text())
+    assert report["key"] == "online.dpo.lr" and report["values"] == ["0", "3e-3"]
+    for value in report["values"]:
+        run = straight / f"online.dpo.lr={value}"
+        assert (run / "online" / "done.json").is_file()
+        assert f"lr: {float(value)}" in (run / "recipe.yaml").read_text()
+        lines = read_jsonl(run / "online" / "progress.jsonl")
+        row = report["runs"][value]
+        assert row["questions"] == len(lines) == 4
+        assert row["trained"]["k"] == sum(line["correct_before"] for line in lines)
+        assert row["frozen"]["k"] == sum(line["frozen_correct"] for line in lines)
+        assert row["pairs_per_question"] == {a: sum(line["pairs"][a] for line in lines) / 4 for a in ("answer", "stop")}
+        assert row["tokens_per_question"] == sum(line["tokens"] for line in lines) / 4
+    off = report["runs"]["0"]["difference"]
+    assert (off["only_first"], off["only_second"], off["delta"]) == (0, 0, 0.0)  # lr 0: trained is frozen
+    md = (straight / "sweep.md").read_text()
+    header = next(line for line in md.splitlines() if line.startswith("|"))
+    assert header.split("|")[1].strip() == "online.dpo.lr" and "answer pairs/q" in header
+    assert "stop_decisions/q" in header  # the Flow's own per-question fields come along
+    assert (straight / "sweep_accuracy.png").stat().st_size > 5000
+
+    # killed while the second value runs its online stage: a second sweep skips the first and finishes the other
+    killed = tmp_path / "killed"
+    real = pipeline_mod.run_stage
+    calls = []
+
+    def dies_on_the_second_run(stage, recipe, run, engine=None):
+        calls.append(run.path.name)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(stage, recipe, run, engine)
+
+    monkeypatch.setattr(pipeline_mod, "run_stage", dies_on_the_second_run)
+    with pytest.raises(KeyboardInterrupt):
+        cli_main(["sweep", "tiny", spec, "--run-dir", str(killed), *ARGS])
+    monkeypatch.setattr(pipeline_mod, "run_stage", real)
+    gc.collect()  # the interrupted run's folder lock goes with its last reference, as when a process dies
+    assert not (killed / "online.dpo.lr=3e-3" / "online" / "done.json").exists()
+    assert cli_main(["sweep", "tiny", spec, "--run-dir", str(killed), *ARGS]) == 0
+    for value in ("0", "3e-3"):
+        name = f"online.dpo.lr={value}/online/progress.jsonl"
+        assert lines_without_seconds(killed / name) == lines_without_seconds(straight / name)
