@@ -112,7 +112,8 @@ def _progressive(prog: dict, stages: dict[str, str], color: bool) -> str:
         for name, c in prog["final"].items()
     ]
     headers = ["curve", "%", "95% CI", "correct", "n"]
-    return title + "\n" + _table(rows, headers, ["left", "right", "right", "right", "right"])
+    table = _table(rows, headers, ["left", "right", "right", "right", "right"])
+    return title + "\n" + table + (f"\n{_wrap(prog['verdict'])}" if prog.get("verdict") else "")
 
 
 def _common(cells: list[dict], key: str) -> Any:
