@@ -89,6 +89,25 @@ def test_same_seed_same_samples_different_seed_different(tiny_base):
     assert len({tuple(ids) for ids, _, _ in first[:3]}) == 3
 
 
+@pytest.mark.parametrize("top_p", [1.0, 0.8])
+def test_first_tokens_follow_the_sampling_distribution(tiny_base, top_p):
+    """4000 one-token samples of one prompt: their frequencies are the (nucleus) softmax of a plain forward."""
+    from transformers import TopPLogitsWarper
+
+    model, tok = tiny_base()
+    prompt = encode(tok, QUESTIONS[0])
+    out = HFBackend(model, tok).generate([prompt], None, 1, 0.7, top_p=top_p, n=4000, seed=5)[0]
+    with torch.no_grad():
+        scores = model(input_ids=torch.tensor([prompt])).logits[0, -1:].float() / 0.7
+    probs = torch.softmax(TopPLogitsWarper(top_p)(None, scores) if top_p < 1 else scores, -1)[0]
+    counts = torch.bincount(torch.tensor([s.token_ids[0] for s in out]), minlength=len(probs)).float()
+    assert (counts[probs == 0] == 0).all()  # nothing outside the nucleus
+    expected = 4000 * probs[probs > 0]
+    chi2 = ((counts[probs > 0] - expected) ** 2 / expected).sum().item()
+    dof = len(expected) - 1
+    assert chi2 < dof + 5 * (2 * dof) ** 0.5  # Pearson's test: far beyond its mean (dof) only if the draws are off
+
+
 def test_logprobs_are_the_sampling_distribution(tiny_base):
     model, tok = tiny_base()
     backend = HFBackend(model, tok)

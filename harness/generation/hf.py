@@ -205,17 +205,25 @@ class HFBackend:
     def _sample(self, logits: torch.Tensor, temperature: torch.Tensor, top_p: float,
                 generators: list[torch.Generator]) -> tuple[torch.Tensor, torch.Tensor]:
         """A token per row and its log-probability under the sampling distribution (greedy rows, temperature <= 0:
-        the argmax and the model's log-probability). Each sampled row draws from its own generator, so its draw
-        does not depend on the other rows of the batch."""
+        the argmax and the model's log-probability).
+
+        Each sampled row draws one uniform number from its own generator and takes the token where the cumulative
+        distribution passes it (inverse-CDF sampling), so its draw does not depend on the other rows of the batch;
+        the cumulative sums run batched, which is several times faster than a `torch.multinomial` call per row
+        over a large vocabulary."""
         greedy = temperature <= 0
         scores = logits / torch.where(greedy, 1.0, temperature)[:, None]
         if top_p < 1.0:
             scores = torch.where(greedy[:, None], scores, TopPLogitsWarper(top_p)(None, scores))
         logprobs = torch.log_softmax(scores, -1)
-        probs = logprobs.exp()
         token = logits.argmax(-1)
-        for row in torch.nonzero(~greedy)[:, 0].tolist():
-            token[row] = torch.multinomial(probs[row], 1, generator=generators[row])[0]
+        rows = torch.nonzero(~greedy)[:, 0]
+        if len(rows):
+            uniform = torch.cat([torch.rand(1, generator=generators[row], device=self.device)
+                                 for row in rows.tolist()])
+            cdf = logprobs[rows].exp().cumsum(-1)
+            drawn = torch.searchsorted(cdf, (uniform * cdf[:, -1])[:, None], right=True)[:, 0]
+            token[rows] = drawn.clamp(max=logits.shape[-1] - 1)
         return token, logprobs.gather(-1, token[:, None])[:, 0]
 
     def _generate(self, prompts: list[list[int]], budgets: list[int], temps: list[float], top_p: float, n: int,
