@@ -23,6 +23,9 @@ COMPILE_PROMPTS = 32
 """Compile prompts of a rehearsal (enough that the tiny model gets some right, so every SFT set has examples)."""
 EVAL_LIMIT = 4
 """Examples per lm-eval task."""
+EVAL_TOKENS = 64
+"""Longest evaluated answer: the stand-in's arithmetic answers are ~30 tokens, and a random stand-in that never
+writes EOS would otherwise fill the paper's 512 or 1,024 tokens on every example."""
 CHUNK_TOKENS = 12
 """Longest chunk (or step): the stand-in writes one character per token, an arithmetic answer is ~30 of them."""
 ANSWER_TOKENS = 36
@@ -102,6 +105,7 @@ def rehearsal(recipe: Recipe, with_vllm: bool | None = None) -> tuple[Recipe, li
                               f"stand-in to rehearse with (stand-ins exist for {', '.join(sorted(BUNDLED_TASKS))})")
         put(f"eval.tasks.{i}.lm_eval_task", BUNDLED_TASKS.get(name, name))
         put(f"eval.tasks.{i}.limit", min(task["limit"] or EVAL_LIMIT, EVAL_LIMIT))
+    put("eval.max_gen_toks", min(data["eval"].get("max_gen_toks") or EVAL_TOKENS, EVAL_TOKENS))
     if not with_vllm:
         put("backend", "hf")
         put("eval.backend", "hf")

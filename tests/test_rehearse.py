@@ -18,7 +18,7 @@ from harness.rundir import read_jsonl
 
 ALLOWED = {"model.name", "model.tiny.family", "model.tiny.warmup_steps", "model.dtype", "runtime.device",
            "online.questions", "online.question_batch", "online.checkpoint_every", "online.strategy.chunk_size",
-           "online.strategy.max_new_tokens", "online.strategy.max_step_tokens",
+           "online.strategy.max_new_tokens", "online.strategy.max_step_tokens", "eval.max_gen_toks",
            "compile.sft.lr", "backend", "eval.backend", "runtime.vllm.sleep_during_updates",
            "runtime.vllm.enforce_eager"}
 """Fields a rehearsal may change besides data sources and eval task names/limits."""
