@@ -112,3 +112,25 @@ def test_report_of_a_step_controlled_run(tmp_path: Path) -> None:
     assert by_node["0"] == {"policy": 3} and by_node["naive"] == {"policy": 3} and by_node["11"] == {"policy": 1}
     md = (run / "report" / "report.md").read_text()
     assert "| naive        | 3        |" in md and "ended by" not in md
+
+
+def test_paired_difference_verdict_and_learning_by_quarter(tmp_path: Path) -> None:
+    # 12 questions: trained right on 0, 2, 4, ..., frozen never (core); so 6 discordant, all the trained's
+    lines = [mcts_line(i) | {"updates": {"policy": [{"loss": 0.7, "margin": i / 10, "accuracy": i / 11, "pairs": 2}]}}
+             for i in range(12)]
+    run = make_run(tmp_path, strategy="mcts_dpo", lines=lines)
+    write_report(run)
+    data = json.loads((run / "report" / "report.json").read_text())["progressive"]
+    diff = data["difference"]
+    assert (diff["n"], diff["only_first"], diff["only_second"]) == (12, 0, 6)
+    assert diff["delta"] == 0.5 and diff["p_mcnemar"] == 2 / 2**6
+    half = 1.959963984540054 * ((6 / 12 - 0.25) / 12) ** 0.5
+    assert diff["ci"] == [0.5 - half, 0.5 + half]
+    assert [p["delta"] for p in data["difference_curve"]][:3] == [1.0, 0.5, 2 / 3]
+    assert data["verdict"].startswith("trained online is better than frozen (untrained): +50.0 points")
+    assert (run / "report" / "difference.png").is_file()
+    traces = json.loads((run / "report" / "report.json").read_text())["traces"]
+    quarters = traces["updates"]["policy"]["by_quarter"]
+    assert [q["steps"] for q in quarters] == [3, 3, 3, 3]
+    assert [round(q["margin"], 6) for q in quarters] == [0.1, 0.4, 0.7, 1.0]
+    assert "trained online is better than frozen" in render_report(run / "report")

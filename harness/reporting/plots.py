@@ -17,6 +17,12 @@ def figure(width: float = 7.0, height: float = 4.0):  # -> (Figure, Axes); Agg c
     return fig, fig.add_subplot(1, 1, 1)
 
 
+def panels(width: float, height: float, n: int):  # -> (Figure, [Axes]); side by side
+    fig, _ = figure(width, height)
+    fig.clear()
+    return fig, [fig.add_subplot(1, n, i + 1) for i in range(n)]
+
+
 def save(fig, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, format="png", metadata={"Software": None})
@@ -70,6 +76,24 @@ def plot_difference(points: list[dict], path: Path) -> None:
     ax.set_ylabel("trained − frozen (points)")
     ax.set_title("Paired difference trained − frozen (95% band)")
     ax.grid(alpha=0.3)
+    save(fig, path)
+
+
+def plot_dpo_steps(curves: dict[str, list[dict]], path: Path, window: int = 8) -> None:
+    """Each agent's reward accuracy and margin over its optimizer steps (means over `window` steps)."""
+    fig, (left, right) = panels(7.0, 3.4, 2)
+    for agent, steps in curves.items():
+        for ax, key in ((left, "accuracy"), (right, "margin")):
+            values = [s[key] for s in steps if isinstance(s.get(key), (int, float))]
+            rolling = [sum(values[max(0, i - window + 1) : i + 1]) / len(values[max(0, i - window + 1) : i + 1])
+                       for i in range(len(values))]
+            ax.plot(range(1, len(rolling) + 1), rolling, label=agent, lw=1.6)
+    left.set_title(f"reward accuracy (mean of {window} steps)")
+    right.set_title(f"reward margin (mean of {window} steps)")
+    for ax in (left, right):
+        ax.set_xlabel("optimizer step")
+        ax.grid(alpha=0.3)
+        ax.legend(loc="best")
     save(fig, path)
 
 

@@ -30,6 +30,7 @@ REPORT_FILES = (
     "report.json",
     "progressive.png",
     "difference.png",
+    "dpo_steps.png",
     "table1.png",
     "pairs_by_node.png",
     "pairs_by_chunk.png",  # written by reports made before the breakdown was by node; removed from `out`

@@ -16,7 +16,14 @@ from harness.reporting.cells import num, pct, pct_ci, signed
 from harness.reporting.eval_metrics import headline_metric, metric_filter, metric_label
 from harness.reporting.names import CURVE_NAMES, ROW_NAMES, ROW_ORDER
 from harness.reporting.papers import Paper
-from harness.reporting.plots import plot_difference, plot_pairs, plot_progressive, plot_table1, plot_time
+from harness.reporting.plots import (
+    plot_difference,
+    plot_dpo_steps,
+    plot_pairs,
+    plot_progressive,
+    plot_table1,
+    plot_time,
+)
 from harness.reporting.render import Block, note
 from harness.reporting.run_folder import Run, sum_seconds
 from harness.reporting.stats import cumulative, curve, paired_difference, verdict, wilson
@@ -243,7 +250,7 @@ def section_traces(run: Run, out: Path) -> tuple[dict, list[Block]]:
     blocks: list[Block] = [("h", 2, "Trace quality")]
     parts = [_baseline_part(run), _sft_part(run)]
     if run.progress:
-        parts += [_online_part(run.progress), _pairs_part(run.progress, out), _updates_part(run.progress)]
+        parts += [_online_part(run.progress), _pairs_part(run.progress, out), _updates_part(run.progress, out)]
     for part_data, part_blocks in parts:
         data |= part_data
         blocks += part_blocks
@@ -351,7 +358,7 @@ def _pairs_part(lines: list[dict], out: Path) -> tuple[dict, list[Block]]:
     return {"pairs": pairs, "pairs_by_node": by_node}, blocks
 
 
-def _updates_part(lines: list[dict]) -> tuple[dict, list[Block]]:
+def _updates_part(lines: list[dict], out: Path) -> tuple[dict, list[Block]]:
     """The DPO optimizer steps per agent: count, pairs trained, mean loss, margin and reward accuracy."""
     updates: dict[str, list[dict]] = {}
     for line in lines:
@@ -364,12 +371,16 @@ def _updates_part(lines: list[dict]) -> tuple[dict, list[Block]]:
             vals = [u[key] for u in ups if isinstance(u.get(key), (int, float))]
             return sum(vals) / len(vals) if vals else None
 
+        quarters = [ups[len(ups) * q // 4 : len(ups) * (q + 1) // 4] for q in range(4)]
         data[agent] = {
             "steps": len(ups),
             "pairs": sum(int(u.get("pairs", 0)) for u in ups),
             "mean_loss": mean("loss"),
             "mean_margin": mean("margin"),
             "mean_accuracy": mean("accuracy"),
+            "by_quarter": [{"steps": len(part), "margin": mean("margin", part), "accuracy": mean("accuracy", part)}
+                           for part in quarters],
+            "curve": [{"margin": u.get("margin"), "accuracy": u.get("accuracy")} for u in ups],
         }
     if not data:
         return {"updates": data}, [note("No DPO optimizer step was taken.")]
@@ -378,9 +389,17 @@ def _updates_part(lines: list[dict]) -> tuple[dict, list[Block]]:
          num(u["mean_accuracy"], 3)]
         for a, u in data.items()
     ]
+    quarter_rows = [[a, *[f"{num(q['accuracy'], 2)} / {num(q['margin'], 3)}" for q in u["by_quarter"]]]
+                    for a, u in data.items()]
+    plot_dpo_steps({a: u["curve"] for a, u in data.items()}, out / "dpo_steps.png")
     return {"updates": data}, [
         ("p", "DPO optimizer steps per agent:"),
         ("table", ["agent", "steps", "pairs trained", "mean loss", "mean margin", "mean accuracy"], rows),
+        ("p", "Reward accuracy / margin of each agent's steps, by quarter of its steps (each step's figures are "
+              "measured on its new pairs before it updates, so a rise is learning that carries over to new "
+              "questions):"),
+        ("table", ["agent", "1st quarter", "2nd quarter", "3rd quarter", "4th quarter"], quarter_rows),
+        ("img", "dpo_steps.png", "DPO reward accuracy and margin over steps"),
     ]
 
 

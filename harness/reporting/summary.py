@@ -113,7 +113,7 @@ def _progressive(prog: dict, stages: dict[str, str], color: bool) -> str:
     ]
     headers = ["curve", "%", "95% CI", "correct", "n"]
     table = _table(rows, headers, ["left", "right", "right", "right", "right"])
-    return title + "\n" + table + (f"\n{_wrap(prog['verdict'])}" if prog.get("verdict") else "")
+    return title + "\n" + table + (f"\n\n{_wrap(prog['verdict'])}" if prog.get("verdict") else "")
 
 
 def _common(cells: list[dict], key: str) -> Any:
