@@ -26,6 +26,7 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
+from test_online import same_tensors
 
 from harness.rundir import read_jsonl
 
@@ -86,18 +87,6 @@ def wait_ok(proc: subprocess.Popen, log: Path, timeout: float = 600) -> None:
 
 def no_seconds(lines: list[dict]) -> list[dict]:
     return [{k: v for k, v in line.items() if k != "seconds" and not k.endswith("_seconds")} for line in lines]
-
-
-def same_tensors(a, b) -> bool:
-    """Bit-identical nested structures of tensors, numbers, strings, lists and dicts."""
-    if isinstance(a, torch.Tensor):
-        return (isinstance(b, torch.Tensor) and a.dtype == b.dtype and a.shape == b.shape
-                and a.cpu().numpy().tobytes() == b.cpu().numpy().tobytes())
-    if isinstance(a, dict):
-        return isinstance(b, dict) and a.keys() == b.keys() and all(same_tensors(a[k], b[k]) for k in a)
-    if isinstance(a, (list, tuple)):
-        return type(a) is type(b) and len(a) == len(b) and all(same_tensors(x, y) for x, y in zip(a, b))
-    return a == b
 
 
 def killed_state(folder: Path) -> dict:

@@ -6,6 +6,7 @@ import gc
 import json
 
 import pytest
+from test_online import strip_seconds
 
 import harness.pipeline as pipeline_mod
 from harness.cli import main as cli_main
@@ -24,10 +25,6 @@ def test_values_split_at_top_level_commas_only():
     for bad in ("online.dpo.lr=1e-3", "online.dpo.lr=1,1", "online.dpo.lr=1,", "lr"):
         with pytest.raises(RecipeError):
             sweep_spec(bad)
-
-
-def lines_without_seconds(path) -> list[dict]:
-    return [{k: v for k, v in line.items() if not k.endswith("_seconds")} for line in read_jsonl(path)]
 
 
 def test_sweep_runs_each_value_reports_them_and_resumes_after_a_kill(tmp_path, warm_tiny, monkeypatch):
@@ -75,4 +72,4 @@ def test_sweep_runs_each_value_reports_them_and_resumes_after_a_kill(tmp_path, w
     assert cli_main(["sweep", "tiny", spec, "--run-dir", str(killed), *ARGS]) == 0
     for value in ("0", "3e-3"):
         name = f"online.dpo.lr={value}/online/progress.jsonl"
-        assert lines_without_seconds(killed / name) == lines_without_seconds(straight / name)
+        assert strip_seconds(read_jsonl(killed / name)) == strip_seconds(read_jsonl(straight / name))
