@@ -70,11 +70,14 @@ def build_report(run_dir: Path | str, folder: Path) -> tuple[dict, list[Block]]:
     blocks.append(
         (
             "p",
-            f"Run folder `{run.path}`; strategy: {run.strategy or 'not named (no `online.strategy.name`)'}; paper: "
+            f"Run folder `{run.shown_path()}`; strategy: "
+            f"{run.strategy or 'not named (no `online.strategy.name`)'}; paper: "
             + (f"{ref[0]} / {ref[1]}" if ref else "none (the recipe has no `paper` ref)")
             + ".",
         )
     )
+    if run.command():
+        blocks.append(("p", f"Command: `{run.command()}`"))
     blocks.append(("table", ["stage", "status"], [[s, st] for s, st in stages.items()]))
     for text in run.notes:
         blocks.append(note(text))

@@ -46,6 +46,18 @@ class Run:
         name = strategy.get("name") if isinstance(strategy, dict) else None
         return str(name) if name else None
 
+    def shown_path(self) -> str:
+        """The run folder as a reader of a committed report can follow it: relative to the working directory (the
+        repository, when the report is written from there) when inside it."""
+        return shown(self.path)
+
+    def command(self) -> str | None:
+        """The command that made the run (provenance argv), as a user types it, with paths shown as above."""
+        argv = (self.provenance or {}).get("argv")
+        if not argv:
+            return None
+        return " ".join(["harness", *(shown(Path(a)) if Path(a).is_absolute() else a for a in argv[1:])])
+
     def paper_ref(self) -> tuple[str, str] | None:
         """(paper, model) from the recipe's `paper` field, or None."""
         ref = self.recipe.get("paper")
@@ -115,6 +127,14 @@ def read_jsonl(path: Path, notes: list[str]) -> list[dict]:
                 break
             raise ReportError(f"{path}:{i + 1}: not valid JSON: {err}") from err
     return out
+
+
+def shown(path: Path) -> str:
+    """`path` relative to the working directory when inside it, else as it is."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
 
 
 def load_run(run_dir: Path | str) -> Run:

@@ -482,6 +482,6 @@ def section_provenance(run: Run) -> tuple[dict, list[Block]]:
     order = ["recipe", "recipe_hash", "git", "created", "python", "device", "seeds", "versions", "argv"]
     for key in order + [k for k in run.provenance if k not in order]:
         if key in run.provenance:
-            _flatten(key, run.provenance[key], flat)
+            _flatten(key, run.command() if key == "argv" else run.provenance[key], flat)
     blocks.append(("table", ["field", "value"], [[k, str(v)] for k, v in flat.items()]))
     return flat, blocks
