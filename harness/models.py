@@ -18,7 +18,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 
 from harness.families import family_model, family_tokenizer
-from harness.recipe import LoraSpec, ModelConfig
+from harness.recipe import LoraSpec, ModelConfig, TinyModel
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 WARMUP_VERSION = "3"
@@ -67,17 +67,20 @@ def warmup_examples(tokenizer, data: str) -> list[tuple[list[int], list[int]]]:
     return [chat_example(tokenizer, row["question"], row["completion"]) for row in rows]
 
 
-def warm_up_tiny(model: torch.nn.Module, tokenizer, steps: int, seed: int, data: str = "arith") -> None:
-    """A few Adam steps on bundled solutions (`data`, see warmup_examples), so that the tiny model gets some answers
-    right and some wrong: a model at 0% makes no preference pairs."""
+def warm_up_tiny(model: torch.nn.Module, tokenizer, tiny: TinyModel) -> None:
+    """Adam steps on bundled solutions (`tiny.warmup_data`, see warmup_examples), so that the tiny model gets some
+    answers right and some wrong: a model at 0% makes no preference pairs."""
     from harness.training.learner import completion_logps  # the learner imports this module
 
-    examples = warmup_examples(tokenizer, data)
-    gen = torch.Generator().manual_seed(seed)
+    examples = warmup_examples(tokenizer, tiny.warmup_data)
+    gen = torch.Generator().manual_seed(tiny.seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    steps = tiny.warmup_steps
     model.train()
-    for _ in range(steps):
-        batch = [examples[i] for i in torch.randint(len(examples), (16,), generator=gen).tolist()]
+    for step in range(steps):
+        if tiny.warmup_lr_decay:
+            optimizer.param_groups[0]["lr"] = 3e-3 * (1 - step / steps)
+        batch = [examples[i] for i in torch.randint(len(examples), (tiny.warmup_batch,), generator=gen).tolist()]
         prompts, answers = [p for p, _ in batch], [a for _, a in batch]
         # The loss covers the answers only: the vocabulary head then runs on ~30 positions a row, not ~100, which
         # matters for stand-ins with Llama-3's 128k vocabulary.
@@ -120,7 +123,7 @@ def load_or_warm_up_tiny(model: torch.nn.Module, tokenizer, cfg: ModelConfig) ->
     if path.is_file():
         model.load_state_dict(load_file(path))
         return
-    warm_up_tiny(model, tokenizer, cfg.tiny.warmup_steps, cfg.tiny.seed, cfg.tiny.warmup_data)
+    warm_up_tiny(model, tokenizer, cfg.tiny)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp)

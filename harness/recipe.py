@@ -46,6 +46,11 @@ class TinyModel(Section):
     warmup_data: str = "arith"
     """What the warm-up learns from: `arith` (bundled arithmetic with a MetaMathQA answer line) or the name of a
     bundled file of {question, completion} rows (harness/bundled/<name>.jsonl)."""
+    warmup_batch: int = Field(16, ge=1)
+    """Examples per warm-up step."""
+    warmup_lr_decay: bool = False
+    """Decay the warm-up's learning rate (3e-3) linearly to 0 over its steps, so that it ends in a settled model
+    rather than wherever its last noisy steps left it."""
     family: Literal["chatml", "llama3", "phi3"] = "chatml"
     """Architecture, chat template, special tokens and EOS ids to imitate (`llama3`, `phi3`: rehearsal stand-ins
     of the paper models; `chatml`: a plain Llama with a ChatML template)."""
