@@ -21,7 +21,7 @@ from harness.families import family_model, family_tokenizer
 from harness.recipe import LoraSpec, ModelConfig, TinyModel
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-WARMUP_VERSION = "4"
+WARMUP_VERSION = "3"
 """Part of the tiny warm-up cache key: bump it when warm_up_tiny or harness/families.py changes, so stale weights
 are not reused."""
 
@@ -114,23 +114,18 @@ def warmup_data_hash(cfg: ModelConfig) -> str:
 
 
 def load_or_warm_up_tiny(model: torch.nn.Module, tokenizer, cfg: ModelConfig) -> None:
-    """Warm-up is deterministic, so its result is cached on disk under a key of the tiny model's settings. It runs
-    on one thread: torch's float sums depend on the thread count, and the cached weights must not depend on which
-    process (a 1-thread test, a 2-thread user run) warmed up first."""
+    """Warm-up is deterministic, so its result is cached on disk under a key of the tiny model's settings and the
+    thread count: torch's float sums depend on the threads, and a cached warm-up must not depend on which process
+    (a 1-thread test, a 2-thread user run) warmed up first."""
     from safetensors.torch import load_file, save_file
 
-    tiny = cfg.tiny.model_dump_json() + warmup_data_hash(cfg)
+    tiny = cfg.tiny.model_dump_json() + warmup_data_hash(cfg) + f"threads={torch.get_num_threads()}"
     key = hashlib.sha256((WARMUP_VERSION + tiny).encode()).hexdigest()[:12]
     path = cache_dir() / f"tiny-{key}.safetensors"
     if path.is_file():
         model.load_state_dict(load_file(path))
         return
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        warm_up_tiny(model, tokenizer, cfg.tiny)
-    finally:
-        torch.set_num_threads(threads)
+    warm_up_tiny(model, tokenizer, cfg.tiny)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp)
@@ -204,7 +199,7 @@ def base_model_folder(cfg: ModelConfig, model: torch.nn.Module, tokenizer) -> st
         return str(smollm2_folder())
     if cfg.name != "tiny":
         return cfg.name
-    tiny = cfg.dtype + cfg.tiny.model_dump_json() + warmup_data_hash(cfg)
+    tiny = cfg.dtype + cfg.tiny.model_dump_json() + warmup_data_hash(cfg) + f"threads={torch.get_num_threads()}"
     key = hashlib.sha256((WARMUP_VERSION + tiny).encode()).hexdigest()[:12]
     folder = cache_dir() / f"tiny-{key}-folder"
     if not (folder / "config.json").is_file():
