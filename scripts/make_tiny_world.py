@@ -9,7 +9,7 @@ errors that Flow-DPO's two agents can each fix for all questions at once:
   as "<work>." alone, so the warmed-up model ends its answer right after the work about half the time. That
   choice is one token right after the work (a space or the end of turn), the same for every question.
 - Stop: one Stop-prompt row per warm-up question, in recipes/tiny-world.yaml's Stop template, judging a partial
-  answer cut where that recipe's 12-token chunks end (after 12 or 24 characters; no answer line is complete
+  answer cut where that recipe's 10-token chunks end (after the work, or 10 characters into the answer line; no answer line is complete
   there, so the right decision is always "No"). For questions asked by the names in `HASTY` the Stop answers
   "Yes" after the first chunk with probability `HASTY_YES`: the warmed-up Stop cuts those answers short.
 
@@ -31,7 +31,7 @@ HASTY = ("Ana", "Ben")
 """Askers whose answers the warmed-up Stop tends to judge done after the first chunk (a quarter of questions)."""
 HASTY_YES = 0.75
 """Share of "Yes" labels of the hasty askers' first-chunk Stop rows (a Yes probability clear of 0.5)."""
-CHUNK = 12
+CHUNK = 10
 """recipes/tiny-world.yaml's online.strategy.chunk_size: where the Stop is asked."""
 STOP_PROMPT = "Q: {question}\nA: {partial_answer}\nDone?"
 """recipes/tiny-world.yaml's online.strategy.stop_prompt.user."""
