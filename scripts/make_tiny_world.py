@@ -9,9 +9,10 @@ errors that Flow-DPO's two agents can each fix for all questions at once:
   as "<work>." alone, so the warmed-up model ends its answer right after the work about half the time. That
   choice is one token right after the work (a space or the end of turn), the same for every question.
 - Stop: one Stop-prompt row per warm-up question, in recipes/tiny-world.yaml's Stop template, judging a partial
-  answer cut where that recipe's 10-token chunks end (after the work, or 10 characters into the answer line; no answer line is complete
-  there, so the right decision is always "No"). For questions asked by the names in `HASTY` the Stop answers
-  "Yes" after the first chunk with probability `HASTY_YES`: the warmed-up Stop cuts those answers short.
+  answer cut where that recipe's 10-token chunks end: after the work ("4 + 3 = 7.") or 10 characters into the
+  answer line. No answer is complete there, so the right decision is always "No"; but for questions asked by the
+  names in `HASTY` the row after the work says "Yes" with probability `HASTY_YES`: the warmed-up Stop judges
+  the work alone a finished answer for those askers and cuts their answers short.
 
 Layouts: the stream is GSM8K's {"question", "answer": "<work>\\n#### N"}; the warm-up rows are {"question",
 "completion"} (the user turn and the assistant turn, as written). No warm-up question is a stream question.

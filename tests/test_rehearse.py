@@ -69,8 +69,10 @@ def test_a_hub_task_without_a_bundled_stand_in_is_refused_up_front():
         rehearsal(recipe)
 
 
-PAPER_SCALE = [name for name in list_recipes() if load_recipe(name).model.name != "tiny"]
-"""Recipes a rehearsal changes (the tiny ones run as they are in tests/test_reproduce.py and test_strategy_runs.py)."""
+PAPER_SCALE = [name for name in list_recipes() if load_recipe(name).paper is not None or name == "smollm2-135m"]
+"""The paper recipes and the real-model CPU recipe: what a rehearsal changes (the tiny recipes run as they are in
+tests/test_reproduce.py and test_strategy_runs.py; the SmolLM2 variants of the other methods share their model
+with smollm2-135m and their strategies with the tiny recipes)."""
 
 
 @pytest.fixture(scope="module")

@@ -21,9 +21,6 @@ from harness.reporting.stats import mcnemar_exact
 from harness.rundir import read_jsonl
 
 REPO = Path(__file__).resolve().parent.parent
-# Out of the default run until the recipe's effect (>= 10 points, McNemar p < 0.01) is shown to hold on a quiet
-# 2-core machine; run it with `pytest -m slow tests/test_tiny_world.py`.
-pytestmark = pytest.mark.slow
 OFF_QUESTIONS = 32
 """Questions of the `lr=0` run: enough for both curves to hold right and wrong answers and for steps to be taken."""
 
@@ -80,7 +77,7 @@ def test_trained_flow_beats_frozen_flow_significantly(world_runs):
 # Chunk 0 is the work ("4 + 3 = 7.", 10 tokens), so node answer:1 is the answer line's first chunk or the end of
 # turn: the Answer agent's own error. Its pairs at answer:0 are arithmetic slips; once the answer line is learned
 # they are the only answer pairs left, and they come out with negative margins: the steps that taught the answer
-# line also raised neighbouring digits (DPO's likelihood displacement), which these pairs then repair.
+# line also raised neighbouring digits (likelihood displacement, arXiv 2410.08847), which these pairs then repair.
 LEARNED = {"answer": "answer:1", "stop": None}
 
 
