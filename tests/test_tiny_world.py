@@ -86,7 +86,7 @@ def test_both_agents_learn(world_runs, agent):
     """The agent's DPO reward margin on its own error grows over its steps: the median of the later half of those
     steps is well above that of the earlier half (medians: a rare pair against a drifted token does not decide)."""
     steps = margins(world_runs["learning"], agent, LEARNED[agent])
-    assert len(steps) >= 10, steps
+    assert len(steps) >= 8, steps
     half = len(steps) // 2
     assert statistics.median(steps[half:]) > statistics.median(steps[:half]) + 0.5, steps
 
