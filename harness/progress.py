@@ -6,7 +6,7 @@ here, so a field renamed in one place cannot silently vanish from another.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 CURVES = {"trained": "correct_before", "frozen": "frozen_correct", "zero_shot": "zero_shot_correct"}
 """Progressive-validation curve -> its progress-line key (True when that policy answered the question right)."""
@@ -46,3 +46,9 @@ class ProgressLine:
         return {"index": self.index, "id": self.id, "correct_before": self.correct_before, **self.curves,
                 "extracted": self.extracted, **self.strategy, "pairs": self.pairs, "pair_nodes": self.pair_nodes,
                 "updates": self.updates, "tokens": self.tokens, **self.seconds}
+
+
+CORE_KEYS = frozenset(f.name for f in fields(ProgressLine) if f.name not in ("seconds", "curves", "strategy")
+                      ) | frozenset(CURVES.values())
+"""The keys of a progress line that every strategy writes (its `*_seconds` fields aside); every other key is a
+strategy's own."""

@@ -7,6 +7,7 @@ import os
 
 import pytest
 import torch
+from scripted import EOS, scripted_ids, split_answer_prompt
 
 # The tiny model gains nothing from threads, and on a busy 2-core machine torch's thread pool makes its small
 # matmuls ~10x slower. One thread here, and in every `harness` subprocess a test starts (they inherit os.environ).
@@ -113,7 +114,7 @@ class ScriptedBackend:
     LLM after that partial answer; a missing entry is an error. Every call is recorded.
     """
 
-    EOS = "<EOS>"
+    EOS = EOS
 
     def __init__(self, tokenizer, prompter, chunks: dict[str, dict[str, list[str]]],
                  stop: dict[str, dict[str, float]], flow_cfg) -> None:
@@ -127,16 +128,10 @@ class ScriptedBackend:
         self.updated: list[list[str]] = []
 
     def ids(self, text: str) -> list[int]:
-        eos = text.endswith(self.EOS)
-        text = text.removesuffix(self.EOS)
-        return self.tok.encode(text, add_special_tokens=False) + (self.eos_token_ids[:1] if eos else [])
+        return scripted_ids(self.tok, text, self.eos_token_ids)
 
     def _answer_split(self, prompt: list[int]) -> tuple[str, str]:
-        for question in self.chunks:
-            head = self.prompter.answer_prompt(question)
-            if prompt[: len(head)] == head:
-                return question, self.tok.decode(prompt[len(head) :])
-        raise AssertionError(f"unscripted answer prompt {self.tok.decode(prompt)!r}")
+        return split_answer_prompt(self.tok, self.prompter, self.chunks, prompt)
 
     def _stop_split(self, prompt: list[int]) -> tuple[str, str]:
         for question in self.stop:

@@ -10,6 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 from pydantic import ValidationError
+from scripted import EOS, scripted_ids, split_answer_prompt
 
 from harness.data import Record
 from harness.generation.backend import Sample, prompt_seeds, temperatures, token_budgets
@@ -19,7 +20,6 @@ from harness.seeds import seed_for
 from harness.strategies.mcts_dpo import MCTSDPO
 from harness.strategies.mcts_dpo_config import MCTSDPOConfig
 
-EOS = "<EOS>"
 EVAL = PromptTemplate(user="Q: {question}\nA: {partial_answer}\nOK?")
 
 
@@ -42,15 +42,10 @@ class StepBackend:
         self.resets: list[str | None] = []
 
     def ids(self, text: str) -> list[int]:
-        ids = self.tok.encode(text.removesuffix(EOS), add_special_tokens=False)
-        return ids + self.eos_token_ids if text.endswith(EOS) else ids
+        return scripted_ids(self.tok, text, self.eos_token_ids)
 
     def _split(self, prompt: list[int]) -> tuple[str, str]:
-        for question in self.steps:
-            head = self.prompter.answer_prompt(question)
-            if prompt[: len(head)] == head:
-                return question, self.tok.decode(prompt[len(head) :])
-        raise AssertionError(f"unscripted prompt {self.tok.decode(prompt)!r}")
+        return split_answer_prompt(self.tok, self.prompter, self.steps, prompt)
 
     def generate(self, prompts, adapter, max_new_tokens, temperature, top_p=1.0, n=1, seed=0, stop=None):
         stop_ids = {s[0] for s in stop or []}

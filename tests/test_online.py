@@ -207,6 +207,17 @@ def test_resume_after_a_torn_last_progress_line(tmp_path, scripted_setup, monkey
     resume_matches_reference(tmp_path, scripted_setup, monkeypatch, tear_last_line=True)
 
 
+def test_a_nan_epoch_after_the_stream_says_which_and_writes_no_epoch_line(tmp_path, tiny_recipe):
+    class Diverges:
+        def train_epoch(self, seed: int) -> list[dict]:
+            raise NonFiniteLoss("adapter answer: DPO loss is nan at step 3")
+
+    recipe = tiny_recipe("online.dpo.update=after_stream", "online.dpo.epochs=2")
+    with pytest.raises(NonFiniteLoss, match=r"step 3; epoch 0 after the stream; the last good checkpoint in .*"):
+        online_mod.train_after_stream(recipe, tmp_path, None, {"answer": Diverges()}, ["answer"], 24, 0)
+    assert (tmp_path / "epochs.jsonl").read_text() == ""
+
+
 def test_nan_loss_stops_the_stage_and_keeps_the_checkpoint(tmp_path, scripted_setup, monkeypatch):
     recipe, make_engine = scripted_setup
     real, calls = learner_mod.dpo_loss, []

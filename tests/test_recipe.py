@@ -178,3 +178,14 @@ def test_other_ranks_of_a_distributed_launch_wait_for_rank_0s_run_folder(tmp_pat
     RunDir(tmp_path).prepare(recipe)  # returns once rank 0 has written the recipe; writes and locks nothing
     writer.join()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["recipe.yaml"]
+
+
+def test_every_strategy_name_has_a_module_with_its_class():
+    from importlib import import_module
+
+    from harness.strategies.configs import TAGS
+
+    assert TAGS == {"flow_dpo", "mcts_dpo", "step_controlled", "naive_dpo"}
+    for name in TAGS:
+        cls = import_module(f"harness.strategies.{name}").STRATEGY
+        assert all(callable(getattr(cls, method, None)) for method in ("solve", "play", "timings")), name

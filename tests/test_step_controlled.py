@@ -12,6 +12,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 import yaml
+from scripted import EOS, scripted_ids, split_answer_prompt
 
 from harness.data import Record
 from harness.families import family_tokenizer
@@ -26,7 +27,6 @@ from harness.training.dpo_config import DPOConfig
 from harness.training.learner import completion_logps, dpo_loss
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
-EOS = "<EOS>"
 
 
 @pytest.mark.parametrize(("schedule", "expected"), [
@@ -62,15 +62,10 @@ class ScriptedSteps:
         self.resets: list[str | None] = []
 
     def ids(self, text: str) -> list[int]:
-        ids = self.tok.encode(text.removesuffix(EOS), add_special_tokens=False)
-        return ids + self.eos_token_ids if text.endswith(EOS) else ids
+        return scripted_ids(self.tok, text, self.eos_token_ids)
 
     def _split(self, prompt: list[int]) -> tuple[str, str]:
-        for question in self.answers:
-            head = self.prompter.answer_prompt(question)
-            if prompt[: len(head)] == head:
-                return question, self.tok.decode(prompt[len(head) :])
-        raise AssertionError(f"unscripted prompt {self.tok.decode(prompt)!r}")
+        return split_answer_prompt(self.tok, self.prompter, self.answers, prompt)
 
     def _next(self, key: tuple, options: list[str]) -> str:
         k = self.counts.get(key, 0)

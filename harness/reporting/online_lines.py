@@ -9,14 +9,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from harness.progress import CURVES, PHASES, ProgressLine
-
-CORE_KEYS = frozenset(
-    ProgressLine(
-        index=0, id="", correct_before=False, extracted=None, pairs={}, pair_nodes=[], updates={}, tokens=0, seconds={}
-    ).to_json()
-) | frozenset(CURVES.values())
-"""The keys of a progress line that every strategy writes (its `*_seconds` fields aside)."""
+from harness.progress import CORE_KEYS, PHASES
 
 
 def strategy_fields(lines: list[dict]) -> list[str]:

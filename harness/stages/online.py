@@ -17,9 +17,11 @@ the adapters are still the base model's (or `lr` is 0) the three curves agree qu
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -175,8 +177,9 @@ def train_after_stream(recipe: Recipe, folder: Path, model, learners: dict[str, 
     write_atomic(epochs, "".join(raw + "\n" for raw in kept))
     for epoch in range(epochs_done, recipe.online.dpo.epochs):
         t0 = time.perf_counter()
-        steps = {agent: learner.train_epoch(seed_for(recipe.online.seed, "epoch", epoch, agent))
-                 for agent, learner in learners.items()}
+        with stopped_at(f"epoch {epoch} after the stream", folder):
+            steps = {agent: learner.train_epoch(seed_for(recipe.online.seed, "epoch", epoch, agent))
+                     for agent, learner in learners.items()}
         with epochs.open("a") as fh:
             fh.write(json.dumps({"epoch": epoch, "updates": steps, "seconds": time.perf_counter() - t0}) + "\n")
         save_checkpoint(folder, model, learners, agents, position, epoch + 1)
@@ -188,13 +191,19 @@ def learn(learners: dict[str, DPOLearner], pairs: list, seed: int, where: str, f
     for agent, learner in learners.items():
         learner.add(pairs)
         while learner.ready():
-            try:
+            with stopped_at(where, folder):
                 updates.setdefault(agent, []).append(learner.step(seed_for(seed, agent, learner.steps)))
-            except NonFiniteLoss as err:
-                raise NonFiniteLoss(f"{err}; {where}; the last good checkpoint in {folder / 'checkpoint'} is kept "
-                                    "(resuming replays the same steps: change the recipe in a new run folder)"
-                                    ) from err
     return updates
+
+
+@contextlib.contextmanager
+def stopped_at(where: str, folder: Path) -> Iterator[None]:
+    """A non-finite DPO step says where it happened and that the last good checkpoint is kept."""
+    try:
+        yield
+    except NonFiniteLoss as err:
+        raise NonFiniteLoss(f"{err}; {where}; the last good checkpoint in {folder / 'checkpoint'} is kept "
+                            "(resuming replays the same steps: change the recipe in a new run folder)") from err
 
 
 def live_numbers(lines: list[dict], agents: list[str]) -> dict[str, str]:

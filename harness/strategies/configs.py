@@ -1,9 +1,12 @@
 """The strategies a recipe can name in `online.strategy`: a union told apart by its `name` field, so that only
-the chosen method's block is validated (and an unknown key in it is an error naming that method's fields)."""
+the chosen method's block is validated (and an unknown key in it is an error naming that method's fields).
+
+A method is two modules: `harness/strategies/<name>_config.py` (its settings, a member of the union below) and
+`harness/strategies/<name>.py` (its code, exposing the class as `STRATEGY`)."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, get_args
 
 from pydantic import Field
 
@@ -12,8 +15,7 @@ from harness.strategies.mcts_dpo_config import MCTSDPOConfig
 from harness.strategies.naive_dpo_config import NaiveDPOConfig
 from harness.strategies.step_controlled_config import StepControlledConfig
 
-MEMBERS = (FlowDPOConfig, MCTSDPOConfig, StepControlledConfig, NaiveDPOConfig)
-StrategyChoice = Annotated[FlowDPOConfig | MCTSDPOConfig | StepControlledConfig | NaiveDPOConfig,
-                           Field(discriminator="name")]
-TAGS = {member.model_fields["name"].default for member in MEMBERS}
-"""The `name` of every strategy."""
+Members = FlowDPOConfig | MCTSDPOConfig | StepControlledConfig | NaiveDPOConfig
+StrategyChoice = Annotated[Members, Field(discriminator="name")]
+TAGS = {member.model_fields["name"].default for member in get_args(Members)}
+"""The `name` of every strategy (also the name of its module)."""

@@ -106,3 +106,7 @@ class FlowDPO:
     def timings(self) -> dict[str, float]:
         stats, self.trained.stats = self.trained.stats, FlowStats()
         return {"answer_gen_seconds": stats.generate_seconds, "stop_seconds": stats.stop_seconds}
+
+
+STRATEGY = FlowDPO
+"""What `build_strategy` builds for `online.strategy.name: flow_dpo`."""

@@ -232,3 +232,7 @@ class MCTSDPO(OnePassPolicy):
         return Play(pairs=pairs, tokens=question.tokens,
                     log={"simulations": search.simulations_run, "tree_nodes": search.tree_nodes(),
                          "depth": final.depth, "search_correct": bool(final.correct), "rounds": question.rounds})
+
+
+STRATEGY = MCTSDPO
+"""What `build_strategy` builds for `online.strategy.name: mcts_dpo`."""

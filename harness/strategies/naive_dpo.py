@@ -41,3 +41,6 @@ class NaiveDPO(OnePassPolicy):
         seconds, self.seconds = self.seconds, 0.0
         return {"sample_seconds": seconds}
 
+
+STRATEGY = NaiveDPO
+"""What `build_strategy` builds for `online.strategy.name: naive_dpo`."""

@@ -188,3 +188,7 @@ class StepControlled(OnePassPolicy):
         wrong = sorted(wrong, key=lambda c: c.cut)[: self.cfg.negatives_per_question]
         return [Pair(agent=AGENT, prompt_ids=c.prompt_ids, chosen_ids=c.rest, rejected_ids=c.ids, node=f"step:{c.cut}")
                 for c in wrong]
+
+
+STRATEGY = StepControlled
+"""What `build_strategy` builds for `online.strategy.name: step_controlled`."""
