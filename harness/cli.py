@@ -99,7 +99,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     key, _ = sweep_spec(args.spec)
     root = Path(args.run_dir) if args.run_dir else Path.cwd() / "results" / "runs" / f"{args.recipe}-sweep-{key}"
     stages = [s for s in STAGES if s != "report"] if args.stages == "all" else ["online"]
-    report = run_sweep(args.recipe, args.spec, args.overrides, root, stages)
+    report = run_sweep(args.recipe, args.spec, args.overrides, root, stages, args.along or [])
     print(f"sweep report: {report}")
     return 0
 
@@ -130,14 +130,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from harness.bench import bench_flow
 
     recipe = load_recipe(args.recipe, args.overrides)
-    result = bench_flow(recipe, args.questions or recipe.online.question_batch)
+    workers = [int(n) for n in args.workers.split(",")] if args.workers else None
+    result = bench_flow(recipe, args.questions or recipe.online.question_batch, workers)
     if args.json:
         print(json.dumps(result))
     else:
         from tabulate import tabulate
 
-        flat = {k: v for k, v in result.items() if not isinstance(v, dict)}
+        flat = {k: v for k, v in result.items() if not isinstance(v, (dict, list))}
         flat |= {f"{k} (s)": v for k, v in result["phase_seconds"].items()}
+        flat |= {f"{k} ceiling fraction": v["ceiling_fraction"] for k, v in result["phases"].items()
+                 if "ceiling_fraction" in v}
+        flat |= {f"{w['workers']} workers tokens/s": w["tokens_per_s"] for w in result["workers"]}
         print(tabulate(flat.items(), headers=["measure", "value"], floatfmt=".3g"))
     return 0
 
@@ -215,6 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("recipe")
     sweep.add_argument("spec", help="the swept field and its values, e.g. online.strategy.chunk_size=4,12,36")
     sweep.add_argument("--run-dir", help="root folder of the sweep (default ./results/runs/RECIPE-sweep-KEY)")
+    sweep.add_argument("--with", dest="along", action="append", metavar="KEY=W1,W2,...",
+                       help="another field changed along with the swept one, one value per swept value (repeatable)")
     sweep.add_argument("--stages", choices=["online", "all"], default="online",
                        help="what each run does: the online stage (default) or every stage")
     sweep.add_argument("overrides", nargs="*", help="key.sub=value, the same for every run")
@@ -227,6 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
     flow.add_argument("--recipe", required=True)
     flow.add_argument("--questions", type=int, default=None,
                       help="questions to run (default: one generation group, online.question_batch)")
+    flow.add_argument("--workers", default=None, metavar="1,2,...",
+                      help="also time the online loop's generation on that many Ray workers each (needs the ray extra)")
     flow.add_argument("--json", action="store_true", help="print one JSON object")
     flow.add_argument("overrides", nargs="*", help="key.sub=value")
     flow.set_defaults(func=cmd_bench)

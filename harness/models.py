@@ -21,9 +21,9 @@ from harness.families import family_model, family_tokenizer
 from harness.recipe import LoraSpec, ModelConfig, TinyModel
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-WARMUP_VERSION = "3"
-"""Part of the tiny warm-up cache key: bump it when warm_up_tiny or harness/families.py changes, so stale weights
-are not reused."""
+WARMUP_VERSION = "4"
+"""Part of the tiny warm-up cache key: bump it when warm_up_tiny, the log-probs it trains on
+(learner.completion_logps) or harness/families.py change, so stale weights are not reused."""
 
 
 def cache_dir() -> Path:

@@ -12,8 +12,9 @@ CURVES = {"trained": "correct_before", "frozen": "frozen_correct", "zero_shot": 
 """Progressive-validation curve -> its progress-line key (True when that policy answered the question right)."""
 PHASES = ("generate_seconds", "curves_seconds", "rollout_seconds", "update_seconds")
 """The online stage's phases: solve (the trained policy's answers), the frozen and zero-shot curves, play (the
-strategy's exploration for pairs) and learning. Any other `*_seconds` field is a strategy's own split of
-generate + rollout time (e.g. the Flow's answer generation and Stop decisions)."""
+strategy's exploration for pairs) and learning; a schedule that answers and explores in the same forward passes
+(the Flow's continuous one) logs the two together as generate. Any other `*_seconds` field is a strategy's own
+split of generate + rollout time (e.g. the Flow's answer generation and Stop decisions)."""
 
 
 @dataclass

@@ -214,6 +214,9 @@ class VLLMRuntime(Section):
     """Most sequences vLLM schedules at once (None: vLLM's default)."""
     sleep_during_updates: bool = False
     """Put the engine to sleep (weights to CPU, KV cache freed) while DPO steps run, to free GPU memory for them."""
+    eval_data_parallel_size: int = Field(1, ge=1)
+    """Copies of the model lm-eval's vllm backend evaluates on, each on `tensor_parallel_size` GPUs of its own
+    (lm-eval's `data_parallel_size`, run on Ray: needs the `ray` extra)."""
 
 
 class HFRuntime(Section):
@@ -227,9 +230,9 @@ class HFRuntime(Section):
 
 class RuntimeConfig(Section):
     """Placement and performance only, left out of the recipe hash: a run resumes after a change here (recorded in
-    provenance). None of it changes what the recipe computes; the HF backend's batch settings and the device do
-    change which random draws its sampling makes (it seeds each batched call), so a run resumed after changing
-    those goes on with other draws. vLLM seeds every request on its own, so there only float rounding differs."""
+    provenance). None of it changes what the recipe computes: every prompt samples from its own seed, so batch
+    sizes, schedules and workers change only the float rounding of batched kernels (and the device, its
+    arithmetic)."""
 
     device: str = "auto"
     """Device of the training copy (and of HF generation): `auto` (cuda when available), `cpu` or `cuda:N`. vLLM
@@ -244,6 +247,16 @@ class RuntimeConfig(Section):
     """Questions whose frozen and zero-shot answers are generated together, ahead of the training loop (those
     curves never change during the stream, and every question keeps its own seed, so the batch size does not
     change them)."""
+    schedule: Literal["continuous", "phased"] = "continuous"
+    """How the online loop orders a group's generation: `continuous` starts a strategy's exploration as soon as its
+    answer has passed where it starts (the Flow's rollout at a node, beside the main chains still being written),
+    all in shared forward passes; `phased` writes the answers, then explores. The same traces either way."""
+    generation_workers: int = Field(1, ge=1)
+    """Generation workers (Ray actors, one per device) the online stage shards each group over, by question; 1:
+    in-process, no Ray. Each CUDA worker asks Ray for one GPU (`tensor_parallel_size` of them under vLLM); the
+    training copy stays on `device` in the driver."""
+    ray_address: str | None = None
+    """Address of a running Ray cluster (`ray start --head` prints it); None: start Ray on this node."""
     vllm: VLLMRuntime = Field(default_factory=VLLMRuntime)
     """vLLM engine settings (generation backend and lm-eval's vllm model)."""
     hf: HFRuntime = Field(default_factory=HFRuntime)

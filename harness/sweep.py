@@ -1,7 +1,9 @@
 """`harness sweep RECIPE key=v1,v2,...`: the same recipe once per value of one field, and a combined report.
 
-Each value gets its own run folder, ROOT/<key>=<value>, prepared and resumed like any run: a sweep started again
-after a kill skips what finished and goes on where it stopped. The combined report (ROOT/sweep.md, sweep.json,
+`--with other=w1,w2,...` changes another field along with it, one value per swept value (a chunk-size ablation
+keeps the answer budget: chunk_size=10,30 --with max_chunks=3,1). Each value gets its own run folder,
+ROOT/<key>=<value>, prepared and resumed like any run: a sweep started again after a kill skips what finished
+and goes on where it stopped. The combined report (ROOT/sweep.md, sweep.json,
 PNGs) sets against the swept value what each run's online stage logged: progressive accuracy of the trained and
 frozen policies with 95% Wilson intervals, their paired difference (McNemar), pairs per question per agent,
 generated tokens per question, the strategy's own per-question means (the Flow's Stop decisions, chunks, nodes)
@@ -53,12 +55,28 @@ def sweep_spec(text: str) -> tuple[str, list[str]]:
     return key, values
 
 
-def run_sweep(recipe_name: str, spec: str, overrides: list[str], root: Path, stages: list[str]) -> Path:
+def zipped_specs(key: str, values: list[str], along: list[str]) -> dict[str, list[str]]:
+    """The fields changed along with the swept one (`--with`), each with one value per swept value."""
+    out = {}
+    for text in along:
+        other, others = sweep_spec(text)
+        if len(others) != len(values) or other == key or other in out:
+            raise RecipeError(f"sweep --with {text!r}: give another field, with one value per value of {key} "
+                              f"({len(values)})")
+        out[other] = others
+    return out
+
+
+def run_sweep(recipe_name: str, spec: str, overrides: list[str], root: Path, stages: list[str],
+              along: list[str] = ()) -> Path:
     """Run `stages` of the recipe for every value (in order), then write the combined report; its path."""
     from harness.pipeline import LazyEngine, run_stage
 
     key, values = sweep_spec(spec)
-    recipes = [load_recipe(recipe_name, [*overrides, f"{key}={value}"]) for value in values]  # all valid first
+    zipped = zipped_specs(key, values, list(along))
+    recipes = [load_recipe(recipe_name, [*overrides, f"{key}={value}",
+                                         *[f"{other}={others[i]}" for other, others in zipped.items()]])
+               for i, value in enumerate(values)]  # all valid first
     for value, recipe in zip(values, recipes):
         run = RunDir(root / f"{key}={value}")
         run.prepare(recipe)
@@ -69,7 +87,7 @@ def run_sweep(recipe_name: str, spec: str, overrides: list[str], root: Path, sta
                 run_stage(stage, recipe, run, engine)
         finally:
             engine.close()
-    return write_sweep_report(root, key, values)
+    return write_sweep_report(root, key, values, zipped)
 
 
 def sweep_row(run_dir: Path) -> dict:
@@ -87,17 +105,19 @@ def sweep_row(run_dir: Path) -> dict:
     return row
 
 
-def write_sweep_report(root: Path, key: str, values: list[str]) -> Path:
+def write_sweep_report(root: Path, key: str, values: list[str], zipped: dict[str, list[str]] | None = None) -> Path:
+    zipped = zipped or {}
     rows = {value: sweep_row(root / f"{key}={value}") for value in values}
     agents = sorted({a for row in rows.values() for a in row["pairs_per_question"]})
     fields = sorted({f for row in rows.values() for f in row["strategy_means"]})
-    headers = [key, "questions", "trained % [95% CI]", "frozen % [95% CI]", "trained − frozen pts [95% CI]",
+    headers = [key, *zipped, "questions", "trained % [95% CI]", "frozen % [95% CI]", "trained − frozen pts [95% CI]",
                "McNemar p", *[f"{a} pairs/q" for a in agents], "tokens/q", *[f"{f}/q" for f in fields], "seconds/q"]
     table = []
-    for value, row in rows.items():
+    for i, (value, row) in enumerate(rows.items()):
         diff = row["difference"]
         table.append([
-            value, str(row["questions"]), pct_ci(row["trained"]["value"], row["trained"]["ci"]),
+            value, *[others[i] for others in zipped.values()], str(row["questions"]),
+            pct_ci(row["trained"]["value"], row["trained"]["ci"]),
             pct_ci(row["frozen"]["value"], row["frozen"]["ci"]),
             f"{100 * diff['delta']:+.1f} [{100 * diff['ci'][0]:+.1f}, {100 * diff['ci'][1]:+.1f}]" if diff else "—",
             f"{diff['p_mcnemar']:.3g}" if diff else "—",
@@ -110,7 +130,8 @@ def write_sweep_report(root: Path, key: str, values: list[str]) -> Path:
               ("table", headers, table),
               ("img", "sweep_accuracy.png", "accuracy against the swept value"),
               ("img", "sweep_cost.png", "pairs, tokens and time per question against the swept value")]
-    (root / "sweep.json").write_text(json.dumps({"key": key, "values": values, "runs": rows}, indent=2))
+    (root / "sweep.json").write_text(json.dumps({"key": key, "values": values, "with": zipped, "runs": rows},
+                                                indent=2))
     (root / "sweep.md").write_text(to_markdown(blocks))
     (root / "sweep.html").write_text(to_html(blocks, root, f"Sweep of {key}"))
     return root / "sweep.md"

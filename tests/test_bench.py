@@ -11,13 +11,22 @@ from harness.bench import NoReuse, bench_flow
 
 def test_bench_flow_figures_are_consistent(tiny_recipe, warm_tiny):
     recipe = tiny_recipe("model.tiny.warmup_steps=300", "online.question_batch=4", "online.checkpoint_every=4")
-    out = bench_flow(recipe, questions=4)
+    out = bench_flow(recipe, questions=4, workers=[1])
     assert out["questions"] == 4
     assert 0 < out["engine_tokens"] <= out["engine_tokens_drawn"]
     assert out["naive_tokens"] > 0
     assert out["ceiling_batch"] == round(out["mean_rollout_batch"]) > 1
     phases = out["phase_seconds"]
     assert phases["answer_generation"] + phases["stop_decisions"] <= out["engine_seconds"]
+    # the continuous schedule does the phased order's work: the same traces, so the same kept tokens
+    assert out["schedule"] == "continuous" and out["engine_tokens"] == out["phased_tokens"]
+    by_phase = out["phases"]
+    assert by_phase["main_chain"]["tokens"] + by_phase["rollouts"]["tokens"] == out["phased_tokens"]
+    assert by_phase["answer_generation"]["tokens"] == out["engine_tokens_drawn"]
+    assert 0 < by_phase["stop_decisions"]["share"] < 1
+    # the online loop's explore on one worker draws exactly the tokens the engine drew
+    (one,) = out["workers"]
+    assert (one["workers"], one["tokens"]) == (1, out["engine_tokens_drawn"])
     # speed itself is the bench's figure to print, not a timed test's to assert
     # rollouts continue their main chains and Stop prompts extend earlier ones: most prompt tokens are reused
     assert 0.3 < out["prefix_cache_share"] < 1

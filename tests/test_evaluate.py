@@ -368,3 +368,14 @@ def test_vllm_model_args(tmp_path: Path) -> None:
     if importlib.util.find_spec("vllm") is None:
         with pytest.raises(RuntimeError, match="vllm is not installed"):
             build_lm("/models/base", None, cfg, tmp_path)
+
+
+def test_vllm_evaluation_takes_the_runtime_engine_settings_and_data_parallel_copies(tiny_recipe) -> None:
+    from harness.stages.evaluate import engine_args
+
+    recipe = tiny_recipe("eval.backend=vllm", "runtime.vllm.tensor_parallel_size=2",
+                         "runtime.vllm.eval_data_parallel_size=4", "runtime.vllm.sleep_during_updates=true")
+    args = engine_args(recipe)
+    assert (args["tensor_parallel_size"], args["data_parallel_size"]) == (2, 4)
+    assert "enable_sleep_mode" not in args  # an online-engine setting, not lm-eval's
+    assert engine_args(tiny_recipe("eval.backend=vllm"))["data_parallel_size"] == 1

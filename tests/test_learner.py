@@ -437,3 +437,25 @@ def test_lr_zero_steps_without_moving_the_adapter(tiny_peft):
     learner.step(seed=0)
     after = adapter_state(model, "answer")
     assert learner.steps == 1 and all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_sequences_differing_only_in_their_last_token_share_one_forward_row(tiny_peft, perturb):
+    """A Stop pair's chosen and rejected (one token each after the same prompt) are read off one row."""
+    model, tok = tiny_peft(dropout=0.0)
+    perturb(model, "stop", seed=2, scale=0.1)
+    model.set_adapter("stop")
+    pairs = stop_pairs(tok) + answer_pairs(tok)
+    prompts = [p.prompt_ids for p in pairs] * 2
+    completions = [p.chosen_ids for p in pairs] + [p.rejected_ids for p in pairs]
+    shapes = []
+    hook = model.get_decoder().register_forward_pre_hook(
+        lambda _, args, kwargs: shapes.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True)
+    with torch.no_grad():
+        got = completion_logps(model, prompts, completions, tok.pad_token_id)
+    hook.remove()
+    stops = len(stop_pairs(tok))
+    assert all(len(p.chosen_ids) == len(p.rejected_ids) == 1 for p in stop_pairs(tok))
+    assert shapes[0][0] == len(prompts) - stops  # each Stop pair: one row for both of its completions
+    with torch.no_grad():
+        alone = torch.cat([completion_logps(model, [p], [c], tok.pad_token_id) for p, c in zip(prompts, completions)])
+    torch.testing.assert_close(got, alone, rtol=1e-5, atol=1e-5)

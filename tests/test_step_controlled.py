@@ -274,7 +274,9 @@ def test_the_loss_of_a_step_pair_has_zero_gradient_on_the_shared_prefix(tiny_pef
     model.set_adapter("answer")
     enc = lambda text: tok.encode(text, add_special_tokens=False)  # noqa: E731
     question, kept = enc("Q: 2+3?\n"), enc("2 + 3 = 5\n")
-    chosen, rejected = enc("#### 5"), enc("#### 7")
+    # completions that differ before their last token: two forward rows (completion_logps shares a row between
+    # sequences that differ only in their last token, where the shared tokens' gradients cancel exactly)
+    chosen, rejected = enc("#### 5"), enc("#### 17")
     prompt = question + kept
 
     with torch.no_grad(), model.disable_adapter():

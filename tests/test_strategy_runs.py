@@ -44,7 +44,8 @@ SMALL = [f"online.questions={QUESTIONS}", f"data.train.limit={QUESTIONS}"]
 # pairs on every question, steps on every 3, so that pairs wait in the learner's queue across the checkpoint.
 EXTRA = {"mcts-dpo-tiny": ["online.dpo.batch_pairs=3"], "scdpo-tiny": ["online.dpo.batch_pairs=1"],
          "naive-dpo-tiny": ["online.strategy.samples=8", "online.dpo.batch_pairs=1"]}
-EPOCHS = ["online.dpo.update=after_stream", "online.dpo.epochs=2"]
+# Seed 1 gives SCDPO 9 pairs over the 8 questions: three steps of at most 4 pairs in each epoch.
+EPOCHS = ["online.dpo.update=after_stream", "online.dpo.epochs=2", "online.seed=1"]
 EVAL_MODELS = {"base", "online-policy", "sft-flow", "sft-self", "sft-ground_truth"}
 
 # `python -c KILL_AT position epochs harness-args...`: the harness CLI, killed with SIGKILL when the checkpoint at

@@ -73,3 +73,24 @@ def test_sweep_runs_each_value_reports_them_and_resumes_after_a_kill(tmp_path, w
     for value in ("0", "3e-3"):
         name = f"online.dpo.lr={value}/online/progress.jsonl"
         assert strip_seconds(read_jsonl(killed / name)) == strip_seconds(read_jsonl(straight / name))
+
+
+def test_with_changes_another_field_along_with_the_swept_one(tmp_path, warm_tiny, capsys):
+    root = tmp_path / "zipped"
+    args = [a for a in ARGS if "chunk" not in a and "questions" not in a] + ["online.questions=2"]
+    assert cli_main(["sweep", "tiny", "online.strategy.chunk_size=6,18", "--with", "online.strategy.max_chunks=6,2",
+                     "--run-dir", str(root), *args]) == 0
+    report = json.loads((root / "sweep.json").read_text())
+    assert report["with"] == {"online.strategy.max_chunks": ["6", "2"]}
+    for size, chunks in (("6", 6), ("18", 2)):
+        recipe = (root / f"online.strategy.chunk_size={size}" / "recipe.yaml").read_text()
+        assert f"chunk_size: {size}" in recipe and f"max_chunks: {chunks}" in recipe
+        lines = read_jsonl(root / f"online.strategy.chunk_size={size}" / "online" / "progress.jsonl")
+        assert all(line["chunks"] <= chunks for line in lines)
+    header = next(line for line in (root / "sweep.md").read_text().splitlines() if line.startswith("|"))
+    assert [c.strip() for c in header.split("|")[1:3]] == ["online.strategy.chunk_size", "online.strategy.max_chunks"]
+    for bad in ("online.strategy.max_chunks=6,2,1", "online.strategy.chunk_size=1,2"):
+        capsys.readouterr()
+        assert cli_main(["sweep", "tiny", "online.strategy.chunk_size=6,18", "--with", bad,
+                         "--run-dir", str(tmp_path / "bad")]) != 0
+        assert f"sweep --with {bad!r}" in capsys.readouterr().err

@@ -424,7 +424,10 @@ def section_time(run: Run, out: Path) -> tuple[dict, list[Block]]:
             "tokens_per_second": tokens / gen if gen else None,
         }
         d = data["online"]
-        blocks.append(("p", "Online stage, summed over every line of online/progress.jsonl:"))
+        together = run.recipe.get("runtime", {}).get("schedule", "phased") == "continuous"
+        blocks.append(("p", "Online stage, summed over every line of online/progress.jsonl"
+                            + (" (the continuous schedule answers and explores in the same forward passes: generate "
+                               "holds the rollouts):" if together else ":")))
         rows = [[k.removesuffix("_seconds"), num(v), pct(d["shares"][k])] for k, v in phases.items()]
         rows.append(["total", num(total), pct(1.0 if total else None)])
         blocks.append(("table", ["phase", "seconds", "share of total %"], rows))

@@ -30,7 +30,8 @@ def engine_args(recipe: Recipe) -> dict:
     if recipe.eval.backend == "vllm":
         args = vllm_engine_kwargs(recipe)
         args.pop("enable_sleep_mode", None)
-        return args | {"dtype": recipe.model.dtype, "seed": recipe.online.seed}
+        return args | {"dtype": recipe.model.dtype, "seed": recipe.online.seed,
+                       "data_parallel_size": recipe.runtime.vllm.eval_data_parallel_size}
     from harness.models import resolve_device
 
     return {"dtype": recipe.model.dtype, "device": str(resolve_device(recipe.runtime.device))} | remote

@@ -2,13 +2,13 @@
 
 A flat loop over groups of training questions (`online.question_batch`), in stream order; the paper method is the
 strategy (harness/strategies/), which this stage knows only through its protocol:
-  1. solve: the trained policy answers the group (its progressive-validation score: it has not learned from these
-     questions yet); the frozen policy and the zero-shot base model answer too, when the recipe asks for those
-     curves;
-  2. play: the strategy explores from those answers and returns each question's preference pairs;
-  3. learn: each agent's learner queues its pairs and steps (`online.dpo.update`: right away on each question's
+  1. explore: the trained policy answers the group (its progressive-validation score: it has not learned from
+     these questions yet) and the strategy explores from those answers for each question's preference pairs (the
+     frozen policy's and the zero-shot model's answers, when the recipe asks for those curves, are measured
+     before the loop: neither changes during the stream);
+  2. learn: each agent's learner queues its pairs and steps (`online.dpo.update`: right away on each question's
      pairs, whenever a full batch is there, or after the whole stream for `epochs` passes);
-  4. log: one line per question goes to progress.jsonl; every `checkpoint_every` questions a checkpoint is written.
+  3. log: one line per question goes to progress.jsonl; every `checkpoint_every` questions a checkpoint is written.
 Every random draw is seeded from (recipe seed, question index) and where it happens, never from the batch it
 is in: a run resumed from a checkpoint repeats the lines after it exactly and ends with the same log and adapter
 weights as a run never killed. The trained, frozen and zero-shot answers of a question share its seed, so where
@@ -30,6 +30,7 @@ from harness.batches import run_batches
 from harness.console import Progress, percent
 from harness.data import load_source
 from harness.generation.engine import Engine
+from harness.generation.workers import WorkerPool, generation_pool
 from harness.metrics import open_metrics
 from harness.models import adapter_state, load_adapter_state
 from harness.progress import CURVES, ProgressLine
@@ -46,19 +47,26 @@ STAGE = "online"
 def run_online(recipe: Recipe, run: RunDir, engine: Engine) -> dict:
     if run.is_done(STAGE):
         return run.summary(STAGE)
+    with generation_pool(recipe, engine) as pool:
+        return train_online(recipe, run, engine, pool)
+
+
+def train_online(recipe: Recipe, run: RunDir, engine: Engine, pool: WorkerPool | None) -> dict:
+    """The stage; `pool`: the generation workers the strategy runs on (None: in-process, on `engine`)."""
     cfg = recipe.online
     folder = run.stage(STAGE)
     loaded = load_source(recipe.data.train)
     stream = loaded.records[: cfg.questions]
     model = engine.model
     strategy = build_strategy(cfg.strategy, engine)
+    generation = pool or strategy
     learners = {a: DPOLearner(model, a, cfg.dpo, engine.tokenizer.pad_token_id, recipe.runtime.dpo_micro_batch_tokens)
                 for a in cfg.train_agents()}
     sleepy = recipe.runtime.vllm.sleep_during_updates and hasattr(engine.backend, "sleep")
 
     start, epochs_done = load_checkpoint(folder, model, learners)
     if start:
-        engine.backend.adapters_updated(strategy.agents)
+        adapters_updated(engine, pool, strategy.agents)
     progress = folder / "progress.jsonl"
     # Lines written after the checkpoint (perhaps a torn last one) are dropped and recomputed identically.
     kept = progress.read_text().splitlines()[:start] if progress.is_file() else []
@@ -67,7 +75,7 @@ def run_online(recipe: Recipe, run: RunDir, engine: Engine) -> dict:
     write_atomic(progress, "".join(raw + "\n" for raw in kept))
 
     seen = [json.loads(raw) for raw in kept]
-    curves = measure_curves(recipe, folder, strategy, engine, stream)
+    curves = measure_curves(recipe, folder, generation, engine, stream)
     shown = Progress("online", len(stream), "question", initial=start)
     # A resumed stage replays its kept lines, so its curves read as one never killed (a crash loses only the points
     # the sink had not flushed, which the resumed stage writes again).
@@ -79,14 +87,9 @@ def run_online(recipe: Recipe, run: RunDir, engine: Engine) -> dict:
         seeds = [seed_for(cfg.seed, index) for index in range(first, first + len(group))]
         share = 1 / len(group)  # a group's generation time is split evenly over its questions
 
-        t0 = time.perf_counter()
-        solutions = strategy.solve(group, seeds)
-        generate_seconds = time.perf_counter() - t0
-
-        t0 = time.perf_counter()
-        plays = strategy.play(solutions)
-        rollout_seconds = time.perf_counter() - t0
-        own_seconds = strategy.timings()
+        explored = generation.explore(group, seeds)
+        solutions, plays = explored.solutions, explored.plays
+        phase_seconds = explored.seconds | generation.timings()
 
         asleep = sleepy and any(learner.due_after([p for play in plays for p in play.pairs])
                                 for learner in learners.values())
@@ -100,9 +103,9 @@ def run_online(recipe: Recipe, run: RunDir, engine: Engine) -> dict:
                             folder)
             updated |= set(updates)
             answers = curves.get(index, {})
-            seconds = {"generate_seconds": generate_seconds * share, "curves_seconds": answers.get("seconds", 0.0),
-                       "rollout_seconds": rollout_seconds * share,
-                       **{key: value * share for key, value in own_seconds.items()},
+            seconds = {"generate_seconds": phase_seconds["generate_seconds"] * share,
+                       "curves_seconds": answers.get("seconds", 0.0),
+                       **{key: value * share for key, value in phase_seconds.items() if key != "generate_seconds"},
                        "update_seconds": time.perf_counter() - t0}
             line = ProgressLine(
                 index=index, id=record.id, correct_before=solution.correct, extracted=solution.extracted,
@@ -119,7 +122,7 @@ def run_online(recipe: Recipe, run: RunDir, engine: Engine) -> dict:
         if asleep:
             engine.backend.wake_up()
         if updated:  # nothing generates between a group's updates: vLLM serves the new weights from the next group
-            engine.backend.adapters_updated(sorted(updated))
+            adapters_updated(engine, pool, sorted(updated))
         end = first + len(group)
         if end % cfg.checkpoint_every == 0 or end == len(stream):
             save_checkpoint(folder, model, learners, strategy.agents, end)
@@ -137,6 +140,14 @@ def run_online(recipe: Recipe, run: RunDir, engine: Engine) -> dict:
     summary |= {"skipped_rows": loaded.skipped, "adapters": str(adapters)}
     run.mark_done(STAGE, summary)
     return summary
+
+
+def adapters_updated(engine: Engine, pool: WorkerPool | None, names: list[str]) -> None:
+    """Tell the driver's backend, and every generation worker (which get the new weights), that these adapters
+    changed."""
+    engine.backend.adapters_updated(names)
+    if pool is not None:
+        pool.adapters_updated(names)
 
 
 def measure_curves(recipe: Recipe, folder: Path, strategy, engine: Engine, stream: list) -> dict[int, dict]:

@@ -11,7 +11,7 @@ from harness.data import Record
 from harness.evaluation.grading import grade
 from harness.generation.backend import Backend
 from harness.generation.prompts import Prompter
-from harness.strategies.base import PolicyConfig, Solution
+from harness.strategies.base import PolicyConfig, Solution, solve_then_play
 from harness.training.learner import Pair
 
 AGENT = "policy"
@@ -47,6 +47,8 @@ class OnePassPolicy:
               temperature: float | None = None) -> list[Solution]:
         return one_pass(self.backend, self.prompter, records, AGENT if trained else None, self.cfg.max_new_tokens,
                         self.cfg.temperature if temperature is None else temperature, self.cfg.top_p, seeds)
+
+    explore = solve_then_play
 
 
 def whole_answer_pairs(right: list[Solution], wrong: list[Solution], most: int, node: str) -> list[Pair]:

@@ -7,7 +7,10 @@ A strategy turns training questions into preference pairs for the adapters (agen
   learned from yet); `trained=False` answers with the adapters disabled (the frozen curve). Compile calls it too,
   for the policy's SFT traces;
 - `play(solutions)`: explore from those answers and return each question's pairs, the tokens it generated and
-  its own log fields.
+  its own log fields;
+- `explore(records, seeds)`: both for the trained policy, which is what the online loop calls. A strategy whose
+  exploration can start before its answers are finished (the Flow's rollout at a node starts once the main chain
+  has passed it) schedules the two together; the others solve, then play (`solve_then_play`).
 
 Everything a strategy writes is token ids (never re-tokenized text). Its randomness comes only from each
 question's seed: every prompt it sends derives its own seed from that one and from where it is (node, sample,
@@ -16,6 +19,7 @@ try), so what a question gets does not depend on which questions share its batch
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -89,6 +93,26 @@ class Play:
     log: dict = field(default_factory=dict)
 
 
+@dataclass
+class Explored:
+    """A group's answers and what was played from them, with the seconds of each online phase it spent."""
+
+    solutions: list[Solution]
+    plays: list[Play]
+    seconds: dict[str, float]
+    """`generate_seconds` (the answers) and `rollout_seconds` (the play); a schedule that runs both in the same
+    forward passes logs their whole under `generate_seconds`."""
+
+
+def solve_then_play(strategy: Strategy, records: list[Record], seeds: list[int]) -> Explored:
+    """`explore` as two phases: the trained policy answers the group, then the strategy plays from the answers."""
+    t0 = time.perf_counter()
+    solutions = strategy.solve(records, seeds)
+    t1 = time.perf_counter()
+    plays = strategy.play(solutions)
+    return Explored(solutions, plays, {"generate_seconds": t1 - t0, "rollout_seconds": time.perf_counter() - t1})
+
+
 class Strategy(Protocol):
     agents: list[str]
     """Adapters trained, as in the config's `agents()`."""
@@ -101,6 +125,11 @@ class Strategy(Protocol):
 
     def play(self, solutions: list[Solution]) -> list[Play]:
         """Preference pairs of each solved question, in one batch over the group."""
+        ...
+
+    def explore(self, records: list[Record], seeds: list[int]) -> Explored:
+        """`solve` with the trained adapters and `play` from those answers, in whatever schedule the strategy
+        likes: the results are the same as solve-then-play."""
         ...
 
     def timings(self) -> dict[str, float]:

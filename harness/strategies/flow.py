@@ -139,20 +139,29 @@ class Flow:
         reuse the KV of their main chains.
         """
         if not any(t.chunks for t in traces):
-            self.backend.reset_cache(self.answer_adapter)
-            self.backend.reset_cache(self.stop_adapter)
-        while True:
-            deciding = [t for t in traces if t.pending == "stop"]
-            if deciding:
-                self._decide(deciding)
-            writing = [t for t in traces if t.pending == "chunk"]
-            if writing:
-                self._write_chunks(writing)
-            if not writing and not deciding:
-                break
-        for trace in traces:
-            self._finish(trace)
+            self.reset_caches()
+        while self.step(traces):
+            pass
         return traces
+
+    def reset_caches(self) -> None:
+        """Forget the backend's kept KV of both agents, so that what follows never depends on earlier calls."""
+        self.backend.reset_cache(self.answer_adapter)
+        self.backend.reset_cache(self.stop_adapter)
+
+    def step(self, traces: list[Trace]) -> bool:
+        """One round over the traces not yet done: every pending stop decision, then every pending chunk, each one
+        batched backend call; a trace that ends is graded. False when there was nothing left to do."""
+        deciding = [t for t in traces if t.pending == "stop"]
+        if deciding:
+            self._decide(deciding)
+        writing = [t for t in traces if t.pending == "chunk"]
+        if writing:
+            self._write_chunks(writing)
+        for trace in {id(t): t for t in deciding + writing}.values():  # decided and written in one round: once
+            if trace.done:
+                self._finish(trace)
+        return bool(deciding or writing)
 
     def _write_chunks(self, traces: list[Trace]) -> None:
         """Sample the next chunk of every trace; in speculative mode, the whole remaining budget at once.

@@ -10,8 +10,10 @@ path that ended correct, rejected = the other. All rollouts of a question run as
 
 from __future__ import annotations
 
+import time
+
 from harness.data import Record
-from harness.strategies.base import Play, Solution
+from harness.strategies.base import Explored, Play, Solution, solve_then_play
 from harness.strategies.flow import Flow, FlowStats, Trace
 from harness.strategies.flow_dpo_config import FlowDPOConfig
 from harness.training.learner import Pair
@@ -40,6 +42,25 @@ def rollouts_many(flow: Flow, traces: list[Trace], per_node: int, tries: int) ->
               for trace in traces]
     flow.run([alt for group in groups for _, alt in group])
     return groups
+
+
+def explore_continuous(flow: Flow, mains: list[Trace], per_node: int,
+                       tries: int) -> list[list[tuple[Node, Trace]]]:
+    """The main chains of new questions and their rollouts in one schedule: the rollouts from a node start in the
+    round after the main chain has passed it (its chunk written, or its decision made), and every round is one
+    batched call for all chunks and one for all Stop decisions of every trace in flight, so the batch stays full
+    while the main chains are still being written. Each trace draws from its own streams (`Flow.branch`), so the
+    traces equal `rollouts_many` after `Flow.run` (the phased order), up to the float rounding of batched kernels.
+    Written by hand: no generation library schedules branches off sequences still being decoded."""
+    flow.reset_caches()
+    groups: list[list[tuple[Node, Trace]]] = [[] for _ in mains]
+    while True:
+        for main, group in zip(mains, groups):
+            passed = nodes(main)  # grows as the main chain goes on; each node is branched once, in order
+            for node in passed[len(group) // per_node :]:
+                group += [(node, flow.branch(main, node, tries, j)) for j in range(per_node)]
+        if not flow.step(mains + [alt for group in groups for _, alt in group]):
+            return groups
 
 
 def new_tokens(branches: list[tuple[Node, Trace]]) -> int:
@@ -83,6 +104,7 @@ class FlowDPO:
         self.agents = cfg.agents()
         self.trained = Flow(engine.backend, engine.prompter, cfg, "answer", "stop")
         self.frozen = Flow(engine.backend, engine.prompter, cfg, None, None)
+        self.schedule = engine.recipe.runtime.schedule
 
     def solve(self, records: list[Record], seeds: list[int], trained: bool = True,
               temperature: float | None = None) -> list[Solution]:
@@ -90,15 +112,31 @@ class FlowDPO:
         if temperature is not None:
             flow = Flow(flow.backend, flow.prompter, self.cfg.model_copy(update={"temperature": temperature}),
                         flow.answer_adapter, flow.stop_adapter)
-        traces = flow.run([flow.start(r.question, r.answer, r.task, s) for r, s in zip(records, seeds)])
+        return self._solutions(records, flow.run([flow.start(r.question, r.answer, r.task, s)
+                                                  for r, s in zip(records, seeds)]))
+
+    def play(self, solutions: list[Solution]) -> list[Play]:
+        mains = [s.state for s in solutions]
+        branches = rollouts_many(self.trained, mains, self.cfg.rollouts_per_node, self.cfg.max_resample_tries)
+        return self._plays(mains, branches)
+
+    def explore(self, records: list[Record], seeds: list[int]) -> Explored:
+        if self.schedule == "phased":
+            return solve_then_play(self, records, seeds)
+        t0 = time.perf_counter()
+        flow = self.trained
+        mains = [flow.start(r.question, r.answer, r.task, s) for r, s in zip(records, seeds)]
+        branches = explore_continuous(flow, mains, self.cfg.rollouts_per_node, self.cfg.max_resample_tries)
+        return Explored(self._solutions(records, mains), self._plays(mains, branches),
+                        {"generate_seconds": time.perf_counter() - t0, "rollout_seconds": 0.0})
+
+    def _solutions(self, records: list[Record], traces: list[Trace]) -> list[Solution]:
         return [Solution(record=r, prompt_ids=t.prompt_ids, answer_ids=t.answer_ids, text=t.text,
                          extracted=t.extracted, correct=t.correct, tokens=len(t.answer_ids) + t.discarded_tokens,
                          seed=t.seed, log={"chunks": len(t.chunks), "end": t.end}, state=t)
                 for r, t in zip(records, traces)]
 
-    def play(self, solutions: list[Solution]) -> list[Play]:
-        mains = [s.state for s in solutions]
-        branches = rollouts_many(self.trained, mains, self.cfg.rollouts_per_node, self.cfg.max_resample_tries)
+    def _plays(self, mains: list[Trace], branches: list[list[tuple[Node, Trace]]]) -> list[Play]:
         return [Play(pairs=make_pairs(self.trained, main, own), tokens=new_tokens(own),
                      log={"nodes": len(own), "stop_decisions": stop_calls(main, own)})
                 for main, own in zip(mains, branches)]

@@ -53,24 +53,30 @@ class Pair:
 
 def completion_logps(model: torch.nn.Module, prompts: list[list[int]], completions: list[list[int]],
                      pad_id: int) -> torch.Tensor:
-    """Sum of log P(completion | prompt) per row, from one right-padded forward pass."""
+    """Sum of log P(completion | prompt) per row, from one right-padded forward pass.
+
+    A sequence's last token is never read as input, so sequences that agree on all but their last token share one
+    forward row: a Stop pair's chosen and rejected (Yes and No after the same prompt) cost one row, not two."""
     seqs = [p + c for p, c in zip(prompts, completions)]
-    width = max(len(s) for s in seqs)
+    fed: dict[tuple[int, ...], int] = {}  # tokens fed -> forward row
+    row_of = [fed.setdefault(tuple(s[:-1]), len(fed)) for s in seqs]
+    width = max(len(tokens) for tokens in fed)
     device = next(model.parameters()).device
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for row, s in enumerate(seqs):
-        ids[row, : len(s)] = torch.tensor(s)
-        mask[row, : len(s)] = 1
-    # Row r's completion token at position t is predicted by the hidden state at t - 1.
-    rows = torch.tensor([r for r, (p, s) in enumerate(zip(prompts, seqs)) for _ in range(len(p), len(s))])
-    positions = torch.tensor([t for p, s in zip(prompts, seqs) for t in range(len(p), len(s))])
+    ids = torch.full((len(fed), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(fed), width), dtype=torch.long)
+    for row, tokens in enumerate(fed):
+        ids[row, : len(tokens)] = torch.tensor(tokens)
+        mask[row, : len(tokens)] = 1
+    # Sequence i's completion token at position t is predicted by the hidden state of its row at t - 1.
+    index = [(i, row_of[i], t - 1, s[t]) for i, (p, s) in enumerate(zip(prompts, seqs)) for t in range(len(p), len(s))]
+    if not index:  # only empty completions: each is certain
+        return torch.zeros(len(seqs), device=device)
+    seq_index, rows, positions, targets = (torch.tensor(column, device=device) for column in zip(*index))
     hidden = model.get_decoder()(input_ids=ids.to(device), attention_mask=mask.to(device),
                                  use_cache=False).last_hidden_state
-    rows, positions = rows.to(device), positions.to(device)
-    logits = model.get_output_embeddings()(hidden[rows, positions - 1]).float()
-    token_logps = torch.log_softmax(logits, -1).gather(-1, ids.to(device)[rows, positions, None])[:, 0]
-    return torch.zeros(len(seqs), device=device, dtype=token_logps.dtype).index_add(0, rows, token_logps)
+    logits = model.get_output_embeddings()(hidden[rows, positions]).float()
+    token_logps = torch.log_softmax(logits, -1).gather(-1, targets[:, None])[:, 0]
+    return torch.zeros(len(seqs), device=device, dtype=token_logps.dtype).index_add(0, seq_index, token_logps)
 
 
 def micro_batches(pairs: list[Pair], max_tokens: int) -> list[list[Pair]]:
