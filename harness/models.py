@@ -113,15 +113,20 @@ def warmup_data_hash(cfg: ModelConfig) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else ""
 
 
+def tiny_cache_key(cfg: ModelConfig, prefix: str = "") -> str:
+    """The name of a warmed-up tiny model in the cache: its settings, its warm-up data, the thread count (torch's
+    float sums depend on it) and `WARMUP_VERSION`, after `prefix` (what else the cached file depends on)."""
+    tiny = prefix + cfg.tiny.model_dump_json() + warmup_data_hash(cfg) + f"threads={torch.get_num_threads()}"
+    return hashlib.sha256((WARMUP_VERSION + tiny).encode()).hexdigest()[:12]
+
+
 def load_or_warm_up_tiny(model: torch.nn.Module, tokenizer, cfg: ModelConfig) -> None:
     """Warm-up is deterministic, so its result is cached on disk under a key of the tiny model's settings and the
     thread count: torch's float sums depend on the threads, and a cached warm-up must not depend on which process
     (a 1-thread test, a 2-thread user run) warmed up first."""
     from safetensors.torch import load_file, save_file
 
-    tiny = cfg.tiny.model_dump_json() + warmup_data_hash(cfg) + f"threads={torch.get_num_threads()}"
-    key = hashlib.sha256((WARMUP_VERSION + tiny).encode()).hexdigest()[:12]
-    path = cache_dir() / f"tiny-{key}.safetensors"
+    path = cache_dir() / f"tiny-{tiny_cache_key(cfg)}.safetensors"
     if path.is_file():
         model.load_state_dict(load_file(path))
         return
@@ -199,9 +204,7 @@ def base_model_folder(cfg: ModelConfig, model: torch.nn.Module, tokenizer) -> st
         return str(smollm2_folder())
     if cfg.name != "tiny":
         return cfg.name
-    tiny = cfg.dtype + cfg.tiny.model_dump_json() + warmup_data_hash(cfg) + f"threads={torch.get_num_threads()}"
-    key = hashlib.sha256((WARMUP_VERSION + tiny).encode()).hexdigest()[:12]
-    folder = cache_dir() / f"tiny-{key}-folder"
+    folder = cache_dir() / f"tiny-{tiny_cache_key(cfg, cfg.dtype)}-folder"
     if not (folder / "config.json").is_file():
         tmp = folder.with_name(folder.name + f".{os.getpid()}.tmp")
         model.save_pretrained(tmp)

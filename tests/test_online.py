@@ -34,7 +34,8 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def strip_seconds(lines: list[dict]) -> list[dict]:
-    return [{k: v for k, v in line.items() if not k.endswith("_seconds")} for line in lines]
+    """Log lines without their timings (`*_seconds` fields, and a `seconds` field), which no two runs share."""
+    return [{k: v for k, v in line.items() if k != "seconds" and not k.endswith("_seconds")} for line in lines]
 
 
 def same_tensors(a, b) -> bool:

@@ -134,3 +134,13 @@ def test_paired_difference_verdict_and_learning_by_quarter(tmp_path: Path) -> No
     assert [q["steps"] for q in quarters] == [3, 3, 3, 3]
     assert [round(q["margin"], 6) for q in quarters] == [0.1, 0.4, 0.7, 1.0]
     assert "trained online is better than frozen" in render_report(run / "report")
+
+
+def test_the_time_table_says_when_generate_holds_the_rollouts(tmp_path: Path) -> None:
+    """A continuous schedule logs no rollout time of its own: the table says generate holds it; a phased one not."""
+    note = "generate holds the rollouts"
+    continuous = [mcts_line(i) | {"generate_seconds": 4.0, "rollout_seconds": 0.0} for i in range(4)]
+    for name, lines, shown in (("together", continuous, True), ("apart", [mcts_line(i) for i in range(4)], False)):
+        run = make_run(tmp_path, name, stages=("online",), strategy="mcts_dpo", lines=lines)
+        write_report(run)
+        assert (note in (run / "report" / "report.md").read_text()) is shown

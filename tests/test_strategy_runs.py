@@ -26,7 +26,7 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
-from test_online import same_tensors
+from test_online import same_tensors, strip_seconds
 
 from harness.rundir import read_jsonl
 
@@ -84,10 +84,6 @@ def launch(cli_args: list[str], log: Path, kill_at: tuple[int, int] | None = Non
 def wait_ok(proc: subprocess.Popen, log: Path, timeout: float = 600) -> None:
     proc.wait(timeout=timeout)
     assert proc.returncode == 0, f"{proc.args[1:4]} failed:\n{log.read_text()[-3000:]}"
-
-
-def no_seconds(lines: list[dict]) -> list[dict]:
-    return [{k: v for k, v in line.items() if k != "seconds" and not k.endswith("_seconds")} for line in lines]
 
 
 def killed_state(folder: Path) -> dict:
@@ -223,7 +219,7 @@ def test_reproduce_writes_the_strategys_run_folder(runs, recipe):
 def assert_same_ending(ref: Path, killed: Path, checkpoint: str) -> None:
     """The killed-and-resumed run's log, final checkpoint, saved adapter and summary are the reference's."""
     ref_online, killed_online = ref / "online", killed / "online"
-    assert no_seconds(read_jsonl(killed_online / "progress.jsonl")) == no_seconds(
+    assert strip_seconds(read_jsonl(killed_online / "progress.jsonl")) == strip_seconds(
         read_jsonl(ref_online / "progress.jsonl"))
     assert json.loads((killed_online / "checkpoint" / "latest.json").read_text())["checkpoint"] == checkpoint
     for part in ("adapters.pt", "learners.pt"):
@@ -237,7 +233,7 @@ def assert_same_ending(ref: Path, killed: Path, checkpoint: str) -> None:
     dones = [json.loads((online / "done.json").read_text()) for online in (ref_online, killed_online)]
     for done in dones:
         done.pop("seconds"), done.pop("adapters")
-        done["epochs"] = no_seconds(done.get("epochs", []))
+        done["epochs"] = strip_seconds(done.get("epochs", []))
     assert dones[0] == dones[1]
 
 
@@ -278,5 +274,5 @@ def test_after_stream_epochs_and_resume_between_them(runs):
     assert runs["epochs"]["killed_at"] == {
         "latest": {"checkpoint": f"ckpt-{QUESTIONS:06d}-epoch1", "position": QUESTIONS, "epochs": 1},
         "lines": QUESTIONS, "epochs": 2, "done": False}
-    assert no_seconds(read_jsonl(killed / "online" / "epochs.jsonl")) == no_seconds(epochs)
+    assert strip_seconds(read_jsonl(killed / "online" / "epochs.jsonl")) == strip_seconds(epochs)
     assert_same_ending(ref, killed, f"ckpt-{QUESTIONS:06d}-epoch2")

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_online import same_tensors
+from test_online import same_tensors, strip_seconds
 
 from harness.data import load_source
 from harness.generation.workers import check_resources, generation_pool, shards
@@ -40,10 +40,6 @@ def run_online(run_dir: Path, log: Path, *overrides: str) -> subprocess.Popen:
         return subprocess.Popen([sys.executable, "-m", "harness.cli", "run", "online", "tiny", "--run-dir",
                                  str(run_dir), *ARGS, *overrides], cwd=REPO, env=dict(os.environ), stdout=out,
                                 stderr=subprocess.STDOUT, text=True)
-
-
-def no_seconds(lines: list[dict]) -> list[dict]:
-    return [{k: v for k, v in line.items() if k != "seconds" and not k.endswith("_seconds")} for line in lines]
 
 
 def key(explored_or_solutions) -> list:
@@ -71,8 +67,8 @@ def test_two_workers_run_the_online_stage_of_one(warm_tiny, tmp_path):
     a, b = tmp_path / "one" / "online", tmp_path / "two" / "online"
     lines = read_jsonl(a / "progress.jsonl")
     assert any(line["updates"] for line in lines[:4]), "no update in the first group: the sync would go untested"
-    assert no_seconds(read_jsonl(b / "progress.jsonl")) == no_seconds(lines)
-    assert no_seconds(read_jsonl(b / "curves.jsonl")) == no_seconds(read_jsonl(a / "curves.jsonl"))
+    assert strip_seconds(read_jsonl(b / "progress.jsonl")) == strip_seconds(lines)
+    assert strip_seconds(read_jsonl(b / "curves.jsonl")) == strip_seconds(read_jsonl(a / "curves.jsonl"))
     for agent in ("answer", "stop"):
         weights = [load_file(run / "adapters" / agent / "adapter_model.safetensors") for run in (a, b)]
         assert same_tensors(*weights)

@@ -424,7 +424,8 @@ def section_time(run: Run, out: Path) -> tuple[dict, list[Block]]:
             "tokens_per_second": tokens / gen if gen else None,
         }
         d = data["online"]
-        together = run.recipe.get("runtime", {}).get("schedule", "phased") == "continuous"
+        # a schedule that answers and explores in the same forward passes logs no rollout time of its own
+        together = phases.get("generate_seconds", 0.0) > 0 and phases.get("rollout_seconds", 0.0) == 0
         blocks.append(("p", "Online stage, summed over every line of online/progress.jsonl"
                             + (" (the continuous schedule answers and explores in the same forward passes: generate "
                                "holds the rollouts):" if together else ":")))
