@@ -92,7 +92,11 @@ def bench_flow(recipe: Recipe, questions: int, workers: list[int] | None = None)
             "rollouts": phase(phased["tokens"] - phased["main_tokens"], phased["seconds"] - phased["main_seconds"]),
             # the engine's own calls: answer chunks (every token drawn, kept or not) and Stop decisions (no tokens)
             "answer_generation": phase(run["drawn"], run["generate_seconds"]),
-            "stop_decisions": {"seconds": run["stop_seconds"], "share": run["stop_seconds"] / run["seconds"]},
+            "stop_decisions": {"seconds": run["stop_seconds"], "share": run["stop_seconds"] / run["seconds"],
+                               # the engine's ceiling fraction if its chunk calls drew at the ceiling and its Stop
+                               # decisions took the time they took: what scheduling alone could reach
+                               "bound_fraction": run["tokens"] / (run["drawn"] / ceiling_tps + run["stop_seconds"])
+                               / ceiling_tps},
         },
         "workers": scaling,
         "phase_seconds": {

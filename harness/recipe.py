@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from harness.sections import LoraSpec, Section
 from harness.strategies.base import StrategyConfig
@@ -117,7 +118,10 @@ class OnlineConfig(Section):
     """Progressive-validation curves to measure on the stream (trained is always measured)."""
     question_batch: int = Field(1, ge=1)
     """Questions generated together (answers, curves and pairs in one batch) before their pairs are learned.
-    1 is the paper's loop; G > 1 answers a group with the adapters as they were at its start."""
+    1 is the paper's loop; G > 1 answers a group with the adapters as they were at its start. Under
+    `dpo.update: after_stream` nothing is learned during the stream: the questions up to each checkpoint are one
+    window, which the Flow works through G in flight (the next enters as one finishes) and the one-pass strategies
+    answer in one batch."""
     checkpoint_every: int = Field(10, ge=1)
     """Questions between checkpoints (and at the end); a multiple of question_batch."""
     seed: int = 0
@@ -264,6 +268,18 @@ class RuntimeConfig(Section):
     metrics: list[Literal["tensorboard", "wandb"]] = []
     """Metric sinks fed from the same records as the run folder's logs (TensorBoard event files under RUN/logs/;
     W&B in offline mode); each needs its optional extra installed."""
+    sft_devices: list[str] | None = Field(None, min_length=1)
+    """Devices the compile stage's SFTs run on at once, each SFT in a process of its own, one per device at a time
+    (`cuda:0`, `cuda:1`, ...; `cpu` entries run as separate CPU processes); None: every visible GPU when there are
+    two or more and no distributed launch, else one SFT after another in the stage's own process."""
+
+    @field_validator("sft_devices")
+    @classmethod
+    def _sft_devices_are_devices(cls, devices: list[str] | None) -> list[str] | None:
+        bad = [d for d in devices or [] if d != "cpu" and not re.fullmatch(r"cuda:\d+", d)]
+        if bad:
+            raise ValueError(f"{bad} are not devices: each entry is `cpu` or `cuda:N`")
+        return devices
 
 
 class PaperRef(Section):

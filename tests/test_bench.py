@@ -24,6 +24,11 @@ def test_bench_flow_figures_are_consistent(tiny_recipe, warm_tiny):
     assert by_phase["main_chain"]["tokens"] + by_phase["rollouts"]["tokens"] == out["phased_tokens"]
     assert by_phase["answer_generation"]["tokens"] == out["engine_tokens_drawn"]
     assert 0 < by_phase["stop_decisions"]["share"] < 1
+    # chunk calls at the ceiling, Stop decisions as they were: below 1 (Stop takes time), and above the engine
+    # unless its chunk calls already beat the ceiling
+    bound = by_phase["stop_decisions"]["bound_fraction"]
+    assert bound < 1
+    assert bound >= out["ceiling_fraction"] or by_phase["answer_generation"]["ceiling_fraction"] > 1
     # the online loop's explore on one worker draws exactly the tokens the engine drew
     (one,) = out["workers"]
     assert (one["workers"], one["tokens"]) == (1, out["engine_tokens_drawn"])

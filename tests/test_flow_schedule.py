@@ -54,21 +54,45 @@ STOP = {"3+4": 0.2, "3+5": 0.3, "3+6": 0.6, "4+3": 0.4, "3+4=7": 0.9, "3+4=7!": 
         "3+5=8": 0.8, "3+5=7": 0.1, "3+6=9": 0.9, "4+3=7": 0.3, "4+3=6": 0.9}
 
 
+def in_flight(count):
+    """The continuous schedule keeping at most `count` questions in flight."""
+    return lambda flow, mains, per_node, tries: explore_continuous(flow, mains, per_node, tries, count)
+
+
 @pytest.mark.parametrize("per_node", [1, 2])
 def test_continuous_equals_phased_on_a_seed_scripted_backend(tiny_recipe, scripted_backend, per_node):
     results, calls = [], []
-    for schedule in (phased, explore_continuous):
+    for schedule in (phased, explore_continuous, in_flight(2)):
         flow, backend, _ = scripted_flow(tiny_recipe, seeded(scripted_backend), CHUNKS, STOP,
                                          "online.strategy.max_chunks=3")
         mains = [flow.start(Q, "7", "gsm8k", seed) for seed in range(6)]
         groups = schedule(flow, mains, per_node, 4)
         results.append((seen(mains, groups), [make_pairs(flow, m, g) for m, g in zip(mains, groups)]))
         calls.append(backend.calls)
-    assert results[0] == results[1]
+    assert results[0] == results[1] == results[2]
     assert any(results[0][1])  # the scenario makes pairs
     # the continuous schedule needs fewer generate calls and its calls are fuller on average
     assert len(calls[1]) < len(calls[0])
     assert sum(calls[1]) / len(calls[1]) > sum(calls[0]) / len(calls[0])
+    assert len(calls[1]) < len(calls[2])  # two in flight take more, smaller calls than all six at once
+
+
+def test_a_question_enters_as_soon_as_one_in_flight_is_finished(tiny_recipe, scripted_backend):
+    """With one question in flight, each question's first chunk is written in the call after the previous question
+    has its main chain and every rollout finished: never beside them, never later."""
+    flow, backend, _ = scripted_flow(tiny_recipe, seeded(scripted_backend), CHUNKS, STOP,
+                                     "online.strategy.max_chunks=3")
+    mains = [flow.start(Q, "7", "gsm8k", seed) for seed in range(4)]
+    steps, step = [], flow.step
+    flow.step = lambda traces: steps.append({id(t) for t in traces}) or step(traces)
+    groups = explore_continuous(flow, mains, 1, 4, in_flight=1)
+    spans = []
+    for main, group in zip(mains, groups):
+        own = {id(main)} | {id(alt) for _, alt in group}
+        rounds = [k for k, ids in enumerate(steps) if ids & own]
+        assert all(steps[k] <= own for k in rounds)  # alone in its rounds
+        spans.append((rounds[0], rounds[-1]))
+    assert all(later[0] == earlier[1] + 1 for earlier, later in zip(spans, spans[1:]))  # the round after
 
 
 def test_continuous_equals_phased_on_the_tiny_model(tiny_recipe, tiny_peft, perturb):
@@ -78,7 +102,7 @@ def test_continuous_equals_phased_on_the_tiny_model(tiny_recipe, tiny_peft, pert
     perturb(model, "stop", seed=4, scale=0.3)
     prompter = Prompter(tok, recipe.strategy.answer_prompt, recipe.model.chat_template)
     results, rows = [], []
-    for schedule in (phased, explore_continuous):
+    for schedule in (phased, explore_continuous, in_flight(3)):
         backend = RecordingBackend(HFBackend(model, tok))
         flow = Flow(backend, prompter, recipe.strategy)
         mains = [flow.start(q, gold, "gsm8k", 10 + k) for k, (q, gold) in enumerate(QUESTIONS * 2)]
@@ -86,8 +110,8 @@ def test_continuous_equals_phased_on_the_tiny_model(tiny_recipe, tiny_peft, pert
         results.append(seen(mains, groups))
         rows.append(len(backend.generated))
         assert sum(len(g) for g in groups) > len(mains)  # rollouts at several nodes per question
-    assert results[0] == results[1]
-    assert rows[0] == rows[1]  # the same chunks drawn, in other calls
+    assert results[0] == results[1] == results[2]
+    assert rows[0] == rows[1] == rows[2]  # the same chunks drawn, in other calls
 
 
 class StopReads:

@@ -458,3 +458,89 @@ def test_checkpoints_must_fall_on_group_ends(tiny_recipe):
 
     with pytest.raises(RecipeError, match="multiple of online.question_batch"):
         tiny_recipe("online.question_batch=3", "online.checkpoint_every=4")
+
+
+def test_windows_are_groups_or_checkpoint_stretches_after_the_stream(tiny_recipe):
+    from harness.stages.online import windows
+
+    grouped = tiny_recipe("online.questions=10", "online.question_batch=2", "online.checkpoint_every=4")
+    assert list(windows(0, 10, grouped)) == [(0, 2), (2, 4), (4, 6), (6, 8), (8, 10)]
+    after = tiny_recipe("online.questions=10", "online.question_batch=2", "online.checkpoint_every=4",
+                        "online.dpo.update=after_stream")
+    assert list(windows(0, 10, after)) == [(0, 4), (4, 8), (8, 10)]
+    assert list(windows(4, 10, after)) == [(4, 8), (8, 10)]  # a resumed stage goes on from its checkpoint
+
+
+def test_after_the_stream_questions_flow_through_a_window(tmp_path, scripted_setup, monkeypatch):
+    """With no update during the stream, the Flow explores each checkpoint's questions as one window with
+    `question_batch` in flight: the same lines as one question at a time."""
+    from harness.strategies import flow_dpo
+
+    recipe, make_engine = scripted_setup
+    recipe = recipe.model_copy(deep=True)
+    recipe.online.dpo.update = "after_stream"
+    run_online(recipe, RunDir(tmp_path / "one"), make_engine())
+    calls = []
+    explore = flow_dpo.explore_continuous
+    monkeypatch.setattr(flow_dpo, "explore_continuous",
+                        lambda flow, mains, *args: calls.append((len(mains), args[-1])) or explore(flow, mains, *args))
+    flowing = recipe.model_copy(deep=True)
+    flowing.online.question_batch = 2
+    flowing.online.checkpoint_every = 4
+    engine = make_engine()
+    engine.recipe = flowing
+    run_online(flowing, RunDir(tmp_path / "window"), engine)
+    questions = flowing.online.questions
+    assert calls == [(min(4, questions - first), 2) for first in range(0, questions, 4)]
+    one = read_jsonl(tmp_path / "one" / "online" / "progress.jsonl")
+    window = read_jsonl(tmp_path / "window" / "online" / "progress.jsonl")
+    assert strip_seconds(window) == strip_seconds(one)
+
+
+class Untouchable:
+    """A backend that fails on any use: the driver of a run that generates on workers must not generate."""
+
+    def __getattr__(self, name):
+        raise AssertionError(f"the driver's backend was used ({name}) while workers generate")
+
+
+class InProcessPool:
+    """Stands in for `WorkerPool`: the strategy on an engine of its own, as a worker holds one."""
+
+    def __init__(self, engine) -> None:
+        from harness.strategies import build_strategy
+        from harness.strategies.answers import zero_shot
+
+        self.strategy = build_strategy(engine.recipe.online.strategy, engine)
+        self.engine, self.zero_shot_of = engine, zero_shot
+        self.updated: list[list[str]] = []
+
+    def __getattr__(self, name):
+        return getattr(self.strategy, name)  # solve, play, explore, timings
+
+    def zero_shot(self, records, seeds):
+        return self.zero_shot_of(self.engine, records, seeds)
+
+    def adapters_updated(self, names):
+        self.updated.append(names)
+        self.engine.backend.adapters_updated(names)
+
+
+def test_with_workers_the_driver_only_trains(tmp_path, scripted_setup):
+    """The online loop generates, the zero-shot curve included, only through the pool, and sends it every update:
+    the same lines as generating in-process."""
+    from harness.stages.online import train_online
+
+    recipe, make_engine = scripted_setup
+    recipe = recipe.model_copy(deep=True)
+    recipe.online.curves = ["trained", "frozen", "zero_shot"]
+    reference, driver, worker = make_engine(), make_engine(), make_engine()
+    for engine in (reference, driver, worker):
+        engine.recipe = recipe
+    run_online(recipe, RunDir(tmp_path / "in-process"), reference)
+    driver.backend = Untouchable()
+    pool = InProcessPool(worker)  # its scripted backend answers whatever the weights
+    train_online(recipe, RunDir(tmp_path / "pool"), driver, pool)
+    lines = read_jsonl(tmp_path / "pool" / "online" / "progress.jsonl")
+    assert strip_seconds(lines) == strip_seconds(read_jsonl(tmp_path / "in-process" / "online" / "progress.jsonl"))
+    assert pool.updated == [sorted(line["updates"]) for line in lines if line["updates"]]

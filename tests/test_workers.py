@@ -1,7 +1,8 @@
 """Generation on Ray actors (`runtime.generation_workers`, harness/generation/workers.py), on the warm tiny model.
 
 Two CPU workers give what one in-process strategy gives: the same online run (progress lines, curves, adapters),
-the same base weights on each worker, and the driver's adapter weights on every worker after `adapters_updated`.
+the same base weights on each worker, the same answers (the zero-shot curve's too), and the driver's adapter
+weights on every worker after `adapters_updated`.
 Without Ray, asking for workers is one clear error.
 """
 
@@ -20,6 +21,7 @@ from test_online import same_tensors, strip_seconds
 from harness.data import load_source
 from harness.generation.workers import check_resources, generation_pool, shards
 from harness.rundir import RunError, read_jsonl
+from harness.strategies.answers import zero_shot
 
 REPO = Path(__file__).resolve().parent.parent
 # Two groups of four questions, a DPO step on every pair: the second group is generated with updated adapters
@@ -103,6 +105,7 @@ def test_workers_build_the_drivers_model_and_answer_as_it(pool_setup):
         assert same_tensors(worker_weights(pool, index), {k: v.detach().cpu() for k, v in driver.items()})
     assert key(pool.explore(records, SEEDS)) == key(strategy.explore(records, SEEDS))
     assert key(pool.solve(records, SEEDS, trained=False)) == key(strategy.solve(records, SEEDS, trained=False))
+    assert key(pool.zero_shot(records, SEEDS)) == key(zero_shot(engine, records, SEEDS))
     assert set(pool.timings()) == set(strategy.timings())
 
 

@@ -51,8 +51,35 @@ class Engine:
         if recipe.runtime.gradient_checkpointing:
             # Only active in train mode (DPO steps); non-reentrant so LoRA inputs need no grad of their own.
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        self.backend = make_backend(recipe, self.model, self.tokenizer, folder)
+        self.base_folder = folder
+        self._backend: Backend | None = None
         self.prompter = Prompter(self.tokenizer, recipe.strategy.answer_prompt, recipe.model.chat_template)
+
+    @property
+    def backend(self) -> Backend:
+        """The generation backend, started on first use: a run that generates on workers
+        (`runtime.generation_workers`) never starts one beside its training copy during the online stage."""
+        if self._backend is None:
+            self._backend = make_backend(self.recipe, self.model, self.tokenizer, self.base_folder)
+        return self._backend
+
+    @backend.setter
+    def backend(self, backend: Backend) -> None:
+        self._backend = backend
+
+    def close_backend(self) -> None:
+        """Stop the generation backend (vLLM gives its GPU memory back); the next use starts a fresh one, which
+        serves the adapters as the model holds them then."""
+        if self._backend is None:
+            return
+        close = getattr(self._backend, "close", None)
+        if close is not None:
+            close()
+        workdir = getattr(self._backend, "workdir", None)
+        if workdir is not None:
+            shutil.rmtree(workdir, ignore_errors=True)
+        self._backend = None
+        free_memory()
 
     def base_answer_budget(self) -> int:
         """Length of the base model's one-pass answers (baseline stage, zero-shot curve)."""
@@ -60,11 +87,6 @@ class Engine:
 
     def close(self) -> None:
         """Stop the generation engine and free the model's memory (GPU memory included)."""
-        close = getattr(self.backend, "close", None)
-        if close is not None:
-            close()
-        workdir = getattr(self.backend, "workdir", None)
-        if workdir is not None:
-            shutil.rmtree(workdir, ignore_errors=True)
-        self.backend = self.model = None
+        self.close_backend()
+        self.model = None
         free_memory()

@@ -9,9 +9,9 @@ sequence's left-padded KV cache out of the packed one and decodes from there; `n
 LLM's Yes/No, MCTS-DPO's self-evaluation) reads the next-token distribution off the same packed forward.
 transformers' `generate` cannot start from such a cache (it encodes every row in full), which is why decoding is
 written here: a plain sampling loop (temperature, one for the call or one per prompt, then transformers'
-`TopPLogitsWarper`) over `DynamicCache`
-that also drops each sequence from the batch as soon as it ends (EOS, its own token budget, or one of the call's
-stop sequences), where `generate` keeps computing finished rows until the longest one ends.
+`TopPLogitsWarper`) over a cache that writes each step in place (`decode_cache`), which drops each sequence from
+the batch as soon as it ends (EOS, its own token budget, or one of the call's stop sequences), where `generate`
+keeps computing finished rows until the longest one ends.
 Across calls, the KV of every decoded sequence and every Stop prompt is kept (`kv_store.KVStore`, per adapter,
 dropped when the weights change) so that the next chunk of a partial answer, a rollout from a prefix of its main
 chain, or the next Stop prompt encodes only its new tokens. `reset_cache` forgets it: the Flow calls it when new
@@ -28,6 +28,7 @@ from collections.abc import Iterator
 
 import torch
 from transformers import DynamicCache, TopPLogitsWarper
+from transformers.cache_utils import Cache
 
 from harness.generation.backend import (
     Sample,
@@ -37,6 +38,7 @@ from harness.generation.backend import (
     temperatures,
     token_budgets,
 )
+from harness.generation.decode_cache import reserved_cache
 from harness.generation.kv_store import KVStore, weights_fingerprint
 from harness.generation.prefix_tree import Packing, pack
 
@@ -119,10 +121,22 @@ class HFBackend:
                 packing, cache, hidden = self._encode_with_store(chosen, store)
                 for i, values in zip(group, torch.log_softmax(self._head(hidden), -1)[:, columns].tolist()):
                     out[i] = values
-                for prompt, row, path in zip(chosen, packing.rows, packing.paths) if store.max_tokens else ():
-                    store.add(tuple(prompt), [(layer.keys[row, :, path], layer.values[row, :, path])
-                                              for layer in cache.layers])
+                if store.max_tokens:
+                    self._keep_prompts(store, cache, packing, chosen)
         return out
+
+    def _keep_prompts(self, store: KVStore, cache: DynamicCache, packing: Packing, prompts: list[list[int]]) -> None:
+        """Store each packed prompt's KV: one gather per layer for all prompts, then a copy of each one's part."""
+        rows = torch.tensor([row for row, path in zip(packing.rows, packing.paths) for _ in path], device=self.device)
+        columns = torch.tensor([c for path in packing.paths for c in path], device=self.device)
+        layers = [(layer.keys[rows, :, columns].transpose(0, 1), layer.values[rows, :, columns].transpose(0, 1))
+                  for layer in cache.layers]  # per layer [kv_heads, all prompts' tokens, head_dim]
+        start = 0
+        for prompt in prompts:
+            end = start + len(prompt)
+            store.add(tuple(prompt), [(keys[:, start:end].clone(), values[:, start:end].clone())
+                                      for keys, values in layers])
+            start = end
 
     def _store(self, adapter: str | None) -> KVStore:
         """The adapter's KV store, emptied if the weights changed since it was filled."""
@@ -170,17 +184,17 @@ class HFBackend:
     def _head(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.model.get_output_embeddings()(hidden).float()
 
-    def _step(self, tokens: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor,
-              cache: DynamicCache) -> torch.Tensor:
+    def _step(self, tokens: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: Cache) -> torch.Tensor:
         """Next-token logits after feeding one token per sequence."""
         hidden = self.model.get_decoder()(input_ids=tokens[:, None], attention_mask=mask,
                                           position_ids=positions[:, None], past_key_values=cache,
                                           use_cache=True).last_hidden_state[:, -1]
         return self._head(hidden)
 
-    def _sequence_cache(self, packing: Packing, cache: DynamicCache, prompts: list[list[int]],
-                        copies: list[int]) -> tuple[DynamicCache, torch.Tensor]:
-        """Each sequence's left-padded KV cache gathered from the packed trees, and its attention mask."""
+    def _sequence_cache(self, packing: Packing, cache: DynamicCache, prompts: list[list[int]], copies: list[int],
+                        room: int) -> tuple[Cache, torch.Tensor]:
+        """Each sequence's left-padded KV cache gathered from the packed trees (with room for `room` decoded
+        tokens), and its attention mask."""
         width = max(len(prompts[i]) for i in copies)
         columns = torch.zeros((len(copies), width), dtype=torch.long)
         mask = torch.zeros((len(copies), width), dtype=torch.long)
@@ -189,12 +203,12 @@ class HFBackend:
             mask[seq, width - len(prompts[i]) :] = 1
         rows = torch.tensor([packing.rows[i] for i in copies])[:, None].to(self.device)
         columns = columns.to(self.device)
-        layers = [(layer.keys[rows, :, columns].transpose(1, 2).contiguous(),
-                   layer.values[rows, :, columns].transpose(1, 2).contiguous()) for layer in cache.layers]
-        return DynamicCache(ddp_cache_data=layers), mask.to(self.device)
+        layers = [(layer.keys[rows, :, columns].transpose(1, 2), layer.values[rows, :, columns].transpose(1, 2))
+                  for layer in cache.layers]
+        return reserved_cache(layers, room), mask.to(self.device)
 
     @staticmethod
-    def _keep(store: KVStore, cache: DynamicCache, row: int, tokens: list[int]) -> None:
+    def _keep(store: KVStore, cache: Cache, row: int, tokens: list[int]) -> None:
         """Store the KV of the sequence in batch row `row` (its fed tokens: prompt + all but the last sampled,
         right-aligned in the left-padded cache)."""
         end = cache.get_seq_length()
@@ -230,7 +244,7 @@ class HFBackend:
                   seeds: list[int], store: KVStore, stops: StopSequences) -> list[list[Sample]]:
         packing, tree_cache, last_hidden = self._encode_with_store(prompts, store)
         copies = [i for i in range(len(prompts)) for _ in range(n)]  # sequence -> its prompt
-        cache, mask = self._sequence_cache(packing, tree_cache, prompts, copies)
+        cache, mask = self._sequence_cache(packing, tree_cache, prompts, copies, max(budgets))
         del tree_cache
         logits = self._head(last_hidden)[torch.tensor(copies, device=self.device)]
         positions = torch.tensor([len(prompts[i]) for i in copies], device=self.device)

@@ -6,8 +6,10 @@ for their own trainers (a training process, vLLM engines as Ray actors, weights 
 https://github.com/OpenRLHF/OpenRLHF, https://github.com/volcengine/verl), not for a strategy behind
 harness/strategies/base.py.
 
-Design. The driver keeps the training copy (`engine.model`) and the DPO learners; `WorkerPool` stands in for the
-strategy in the online loop and speaks its protocol (`agents`, `solve`, `play`, `explore`, `timings`):
+Design. The driver keeps the training copy (`engine.model`) and the DPO learners and, while the pool runs, no
+generation engine of its own (its GPU memory goes to training); `WorkerPool` stands in for the strategy in the
+online loop and speaks its protocol (`agents`, `solve`, `play`, `explore`, `timings`), and answers the zero-shot
+curve:
 - every actor builds `Engine(recipe)` and `build_strategy(...)` on its own device (on CUDA one GPU from Ray, or
   `tensor_parallel_size` under vLLM; on CPU a plain process), with the driver's torch thread count, so that it
   builds bit for bit the driver's base model (the tiny model's warm-up sums floats differently on other counts);
@@ -33,6 +35,7 @@ from harness.models import adapter_state, load_adapter_state, resolve_device
 from harness.recipe import Recipe
 from harness.rundir import RunError
 from harness.strategies import build_strategy
+from harness.strategies.answers import zero_shot
 from harness.strategies.base import Explored, Play, Solution
 
 CLOSE_SECONDS = 60
@@ -62,6 +65,9 @@ class GenerationWorker:
         result = getattr(self.strategy, method)(*args)
         busy = time.perf_counter() - t0
         return result, self.strategy.timings(), busy
+
+    def zero_shot(self, records: list[Record], seeds: list[int]) -> list[Solution]:
+        return zero_shot(self.engine, records, seeds)
 
     def load_adapters(self, states: dict[str, dict[str, torch.Tensor]]) -> None:
         for name, state in states.items():
@@ -159,6 +165,13 @@ class WorkerPool:
         return Explored([s for part in results for s in part.solutions], [p for part in results for p in part.plays],
                         seconds)
 
+    def zero_shot(self, records: list[Record], seeds: list[int]) -> list[Solution]:
+        """The zero-shot curve's answers (`answers.zero_shot`), sharded over the workers."""
+        n = len(self.actors)
+        parts = self.ray.get([actor.zero_shot.remote(r, s)
+                              for actor, r, s in zip(self.actors, shards(records, n), shards(seeds, n))])
+        return [solution for part in parts for solution in part]
+
     def timings(self) -> dict[str, float]:
         out, self.pending = self.pending, {}
         return out
@@ -187,6 +200,8 @@ def generation_pool(recipe: Recipe, engine: Engine) -> Iterator[WorkerPool | Non
     if recipe.runtime.generation_workers == 1:
         yield None
         return
+    import_ray()  # without the extra: the clear error, before anything is stopped
+    engine.close_backend()  # the driver only trains: its GPU memory is not held by a generation engine too
     pool = WorkerPool(recipe, engine)
     try:
         yield pool

@@ -12,12 +12,18 @@ answer. The Flow traces are sampled at `compile.temperature`, the self traces at
 SFT is TRL's SFTTrainer on the pre-tokenized sets with the loss on the completion only. The generation engine is
 closed before the first SFT, so its memory is free for the SFT copy. The global batch is exactly
 `batch_size * grad_accum` on one device or many (`accelerate launch`: each of N processes takes batch_size / N).
+With several devices and one process (`runtime.sft_devices`, or two or more visible GPUs), the SFTs run at once,
+each in a child process of its own on one device.
 """
 
 from __future__ import annotations
 
 import json
+import multiprocessing
+import os
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from multiprocessing.queues import Queue
 from pathlib import Path
 
 from transformers import TrainerCallback
@@ -56,12 +62,16 @@ def run_compile(recipe: Recipe, run: RunDir, engine: LazyEngine) -> dict:
     if is_main():
         write_json(folder / "sets.json", stats)
 
+    missing = {s: examples for s, examples in sets.items() if not (folder / f"sft-{s}" / "done.json").is_file()}
+    devices = child_devices(recipe) if missing else []
+    if devices:
+        train_in_children(recipe, missing, folder, devices)
     trained = {}
     metrics = open_metrics(recipe, run.path)
     for source, examples in sets.items():
         out = folder / f"sft-{source}"
         if not (out / "done.json").is_file():
-            result = sft(recipe, examples, out)
+            result = sft(recipe, examples, out, sft_device(recipe))
             if is_main():
                 write_json(out / "done.json", result)
             else:
@@ -135,8 +145,8 @@ def set_stats(examples: list[dict], prompts: int) -> dict:
     }
 
 
-def sft(recipe: Recipe, examples: list[dict], out: Path) -> dict:
-    """LoRA SFT of a fresh copy of the base model on one set; saves the adapter in `out/adapter`."""
+def sft(recipe: Recipe, examples: list[dict], out: Path, device: str) -> dict:
+    """LoRA SFT of a fresh copy of the base model on one set, on `device`; saves the adapter in `out/adapter`."""
     from datasets import Dataset
     from transformers import PrinterCallback
     from trl import SFTConfig as TRLSFTConfig
@@ -149,7 +159,7 @@ def sft(recipe: Recipe, examples: list[dict], out: Path) -> dict:
     if not examples:
         return {"adapter": None, "examples": 0, "train_loss": None, "seconds": 0.0,
                 "note": "no correct traces: nothing to train on"}
-    base, tokenizer = load_base(recipe.model, sft_device(recipe))
+    base, tokenizer = load_base(recipe.model, device)
     rows = [{"input_ids": e["prompt_ids"] + e["completion_ids"],
              "completion_mask": [0] * len(e["prompt_ids"]) + [1] * len(e["completion_ids"])} for e in examples]
     args = TRLSFTConfig(
@@ -168,7 +178,7 @@ def sft(recipe: Recipe, examples: list[dict], out: Path) -> dict:
         save_strategy="no",
         report_to=[],
         bf16=recipe.model.dtype == "bfloat16",
-        use_cpu=sft_device(recipe) == "cpu",
+        use_cpu=device == "cpu",
         # named only when on: transformers 5.23 warns that the name is going (its successor is not in 5.0)
         **({"gradient_checkpointing": True} if recipe.runtime.gradient_checkpointing else {}),
         disable_tqdm=True,
@@ -215,14 +225,99 @@ class ShowProgress(TrainerCallback):
 
 
 def sft_device(recipe: Recipe) -> str:
-    """Where the SFT copy is loaded: where its trainer runs it (this rank's GPU under a distributed launch, the
-    first visible GPU in one process: the generation engine is closed by then), so copies are never stacked on one
-    device."""
+    """Where the SFT copy is loaded when the SFTs run in this process: where its trainer runs it (this rank's GPU
+    under a distributed launch, the first visible GPU in one process: the generation engine is closed by then), so
+    copies are never stacked on one device."""
     import torch
 
     if resolve_device(recipe.runtime.device).type == "cpu" or not torch.cuda.is_available():
         return "cpu"
     return f"cuda:{local_rank()}"
+
+
+def child_devices(recipe: Recipe) -> list[str]:
+    """The devices the SFTs run on at once, each SFT in a child process: `runtime.sft_devices`, else every visible
+    GPU when there are two or more; [] to train them in this process, one after another (on one device, or with
+    every rank of a distributed launch)."""
+    import torch
+
+    chosen = recipe.runtime.sft_devices
+    if world_size() > 1:
+        if chosen is not None:
+            raise RunError(
+                "runtime.sft_devices runs the SFTs in child processes of one process: leave it unset under a "
+                "distributed launch, whose ranks train each SFT together"
+            )
+        return []
+    gpus = torch.cuda.device_count()
+    if chosen is None:
+        return [f"cuda:{i}" for i in range(gpus)] if gpus > 1 and sft_device(recipe) != "cpu" else []
+    unseen = [d for d in chosen if d != "cpu" and int(d.removeprefix("cuda:")) >= gpus]
+    if unseen:
+        raise RunError(f"runtime.sft_devices: {unseen} are not among the {gpus} GPUs this process sees")
+    return chosen
+
+
+def train_in_children(recipe: Recipe, sets: dict[str, list[dict]], folder: Path, devices: list[str]) -> None:
+    """Train `sets` at once, one child process per device (more sets than devices wait for a free one), and write
+    each `done.json` here as the SFT in this process does, so that a killed run resumes with the missing ones."""
+    # Each SFT is an independent job with its own seeds: on one device each, three SFTs take the time of one, and give
+    # the models one after another gives (on the CPU, up to the rounding of another thread count). Spawned, not
+    # forked: a fork would copy this process's CUDA state.
+    children = min(len(devices), len(sets))
+    context = multiprocessing.get_context("spawn")
+    free = context.Queue()
+    for device in devices[:children]:
+        free.put(visible_gpus(device))
+    threads = max(1, (os.cpu_count() or 1) // children)  # CPU children share the cores rather than oversubscribe
+    bar = Progress("compile", len(sets), "SFT")
+    errors: dict[str, BaseException] = {}
+    with ProcessPoolExecutor(children, mp_context=context, initializer=pin_device, initargs=(free, threads)) as pool:
+        jobs = {pool.submit(sft_in_child, recipe, ex, folder / f"sft-{source}"): source for source, ex in sets.items()}
+        for job in as_completed(jobs):
+            source = jobs[job]
+            if job.exception() is not None:
+                errors[source] = job.exception()
+                continue
+            write_json(folder / f"sft-{source}" / "done.json", job.result())
+            bar.update(last=source)
+    bar.close()
+    if errors:
+        source, error = next(iter(errors.items()))
+        raise RunError(
+            f"SFT {', '.join(errors)} failed in a child process ({source}: {error!r}); the other SFTs are done, "
+            "and a rerun trains only the failed ones"
+        ) from error
+
+
+def visible_gpus(device: str) -> str:
+    """CUDA_VISIBLE_DEVICES of a child that trains on `device`: the one GPU this process calls `cuda:N` (its own
+    CUDA_VISIBLE_DEVICES may renumber them), or none for `cpu`."""
+    if device == "cpu":
+        return ""
+    index = int(device.removeprefix("cuda:"))
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    return visible.split(",")[index].strip() if visible else str(index)
+
+
+def pin_device(free: Queue, threads: int) -> None:
+    """The first call in an SFT child: take a device before torch starts CUDA (which reads CUDA_VISIBLE_DEVICES only
+    then), and a share of the CPU cores."""
+    import torch
+
+    os.environ["CUDA_VISIBLE_DEVICES"] = free.get()
+    torch.set_num_threads(threads)
+
+
+def sft_in_child(recipe: Recipe, examples: list[dict], out: Path) -> dict:
+    """`sft` in a child process, on the one GPU `pin_device` left visible, or on the CPU where it left none."""
+    import torch
+
+    if not os.environ["CUDA_VISIBLE_DEVICES"]:
+        return sft(recipe, examples, out, "cpu")
+    if torch.cuda.device_count() != 1:  # an import started CUDA before pin_device: every SFT would share a GPU
+        raise RunError(f"CUDA started before this SFT process pinned its GPU: it sees {torch.cuda.device_count()}")
+    return sft(recipe, examples, out, "cuda:0")
 
 
 def per_device_batch(global_per_step: int, processes: int) -> int:

@@ -1,7 +1,7 @@
 """Stage `online`: online preference learning with progressive validation, checkpointed and resumable.
 
-A flat loop over groups of training questions (`online.question_batch`), in stream order; the paper method is the
-strategy (harness/strategies/), which this stage knows only through its protocol:
+A flat loop over groups of training questions (`online.question_batch`; `windows`), in stream order; the paper
+method is the strategy (harness/strategies/), which this stage knows only through its protocol:
   1. explore: the trained policy answers the group (its progressive-validation score: it has not learned from
      these questions yet) and the strategy explores from those answers for each question's preference pairs (the
      frozen policy's and the zero-shot model's answers, when the recipe asks for those curves, are measured
@@ -18,10 +18,11 @@ the adapters are still the base model's (or `lr` is 0) the three curves agree qu
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -38,7 +39,7 @@ from harness.recipe import Recipe
 from harness.rundir import RunDir, RunError, read_jsonl, write_atomic, write_json
 from harness.seeds import seed_for
 from harness.strategies import build_strategy
-from harness.strategies.answers import one_pass
+from harness.strategies.answers import zero_shot
 from harness.training.learner import DPOLearner, NonFiniteLoss
 
 STAGE = "online"
@@ -58,15 +59,15 @@ def train_online(recipe: Recipe, run: RunDir, engine: Engine, pool: WorkerPool |
     loaded = load_source(recipe.data.train)
     stream = loaded.records[: cfg.questions]
     model = engine.model
-    strategy = build_strategy(cfg.strategy, engine)
-    generation = pool or strategy
+    agents = cfg.strategy.agents()
+    generation = pool or build_strategy(cfg.strategy, engine)  # with workers, the driver generates nothing
     learners = {a: DPOLearner(model, a, cfg.dpo, engine.tokenizer.pad_token_id, recipe.runtime.dpo_micro_batch_tokens)
                 for a in cfg.train_agents()}
-    sleepy = recipe.runtime.vllm.sleep_during_updates and hasattr(engine.backend, "sleep")
+    sleepy = pool is None and recipe.runtime.vllm.sleep_during_updates and hasattr(engine.backend, "sleep")
 
     start, epochs_done = load_checkpoint(folder, model, learners)
     if start:
-        adapters_updated(engine, pool, strategy.agents)
+        adapters_updated(engine, pool, agents)
     progress = folder / "progress.jsonl"
     # Lines written after the checkpoint (perhaps a torn last one) are dropped and recomputed identically.
     kept = progress.read_text().splitlines()[:start] if progress.is_file() else []
@@ -75,15 +76,16 @@ def train_online(recipe: Recipe, run: RunDir, engine: Engine, pool: WorkerPool |
     write_atomic(progress, "".join(raw + "\n" for raw in kept))
 
     seen = [json.loads(raw) for raw in kept]
-    curves = measure_curves(recipe, folder, generation, engine, stream)
+    base_answers = pool.zero_shot if pool else functools.partial(zero_shot, engine)
+    curves = measure_curves(recipe, folder, generation, base_answers, stream)
     shown = Progress("online", len(stream), "question", initial=start)
     # A resumed stage replays its kept lines, so its curves read as one never killed (a crash loses only the points
     # the sink had not flushed, which the resumed stage writes again).
     metrics = open_metrics(recipe, run.path)
     for line in seen:
         metrics.question(line)
-    for first in range(start, len(stream), cfg.question_batch):
-        group = stream[first : first + cfg.question_batch]
+    for first, end in windows(start, len(stream), recipe):
+        group = stream[first:end]
         seeds = [seed_for(cfg.seed, index) for index in range(first, first + len(group))]
         share = 1 / len(group)  # a group's generation time is split evenly over its questions
 
@@ -109,7 +111,7 @@ def train_online(recipe: Recipe, run: RunDir, engine: Engine, pool: WorkerPool |
                        "update_seconds": time.perf_counter() - t0}
             line = ProgressLine(
                 index=index, id=record.id, correct_before=solution.correct, extracted=solution.extracted,
-                pairs={a: sum(p.agent == a for p in play.pairs) for a in strategy.agents},
+                pairs={a: sum(p.agent == a for p in play.pairs) for a in agents},
                 pair_nodes=[p.node for p in play.pairs], updates=updates, tokens=solution.tokens + play.tokens,
                 seconds=seconds, curves={key: answers[key] for key in CURVES.values() if key in answers},
                 strategy=solution.log | play.log,
@@ -118,21 +120,20 @@ def train_online(recipe: Recipe, run: RunDir, engine: Engine, pool: WorkerPool |
                 fh.write(json.dumps(line) + "\n")
             seen.append(line)
             metrics.question(line)
-            shown.update(1, **live_numbers(seen, strategy.agents))
+            shown.update(1, **live_numbers(seen, agents))
         if asleep:
             engine.backend.wake_up()
         if updated:  # nothing generates between a group's updates: vLLM serves the new weights from the next group
             adapters_updated(engine, pool, sorted(updated))
-        end = first + len(group)
         if end % cfg.checkpoint_every == 0 or end == len(stream):
-            save_checkpoint(folder, model, learners, strategy.agents, end)
+            save_checkpoint(folder, model, learners, agents, end)
     shown.close()
 
     if cfg.dpo.update == "after_stream":
-        train_after_stream(recipe, folder, model, learners, strategy.agents, len(stream), epochs_done)
+        train_after_stream(recipe, folder, model, learners, agents, len(stream), epochs_done)
     metrics.close()
     adapters = folder / "adapters"
-    for name in strategy.agents:
+    for name in agents:
         model.save_pretrained(adapters, selected_adapters=[name])
     summary = summarize(read_jsonl(progress))
     if cfg.dpo.update == "after_stream":
@@ -142,15 +143,27 @@ def train_online(recipe: Recipe, run: RunDir, engine: Engine, pool: WorkerPool |
     return summary
 
 
+def windows(start: int, total: int, recipe: Recipe) -> Iterator[tuple[int, int]]:
+    """(first, end) of each stretch of the stream generated with the same weights: a group of `question_batch`
+    questions while an update may follow any question; under `after_stream` (no update during the stream)
+    everything up to the next checkpoint, through which a strategy keeps up to `question_batch` questions in flight
+    (the Flow lets the next question in as soon as one is finished)."""
+    cfg = recipe.online
+    step = cfg.checkpoint_every if cfg.dpo.update == "after_stream" else cfg.question_batch  # ends at checkpoints
+    for first in range(start, total, step):
+        yield first, min(total, first + step)
+
+
 def adapters_updated(engine: Engine, pool: WorkerPool | None, names: list[str]) -> None:
-    """Tell the driver's backend, and every generation worker (which get the new weights), that these adapters
-    changed."""
-    engine.backend.adapters_updated(names)
+    """Send the new weights of these adapters to every generation worker, or tell the driver's backend."""
     if pool is not None:
         pool.adapters_updated(names)
+    else:
+        engine.backend.adapters_updated(names)
 
 
-def measure_curves(recipe: Recipe, folder: Path, strategy, engine: Engine, stream: list) -> dict[int, dict]:
+def measure_curves(recipe: Recipe, folder: Path, strategy, base_answers: Callable[[list, list[int]], list],
+                   stream: list) -> dict[int, dict]:
     """The frozen and zero-shot answers of the whole stream, question index -> {curve key: correct, seconds}.
 
     Neither policy changes during the stream (the frozen one is the adapters-disabled model), so they are answered
@@ -168,9 +181,7 @@ def measure_curves(recipe: Recipe, folder: Path, strategy, engine: Engine, strea
         if "frozen" in cfg.curves:
             answers[CURVES["frozen"]] = [s.correct for s in strategy.solve(records, seeds, trained=False)]
         if "zero_shot" in cfg.curves:
-            answers[CURVES["zero_shot"]] = [s.correct for s in one_pass(
-                engine.backend, engine.prompter, records, None, engine.base_answer_budget(),
-                cfg.strategy.temperature, cfg.strategy.top_p, seeds)]
+            answers[CURVES["zero_shot"]] = [s.correct for s in base_answers(records, seeds)]
         share = (time.perf_counter() - t0) / len(batch)
         return [{"index": index, **{key: values[k] for key, values in answers.items()}, "seconds": share}
                 for k, (index, _) in enumerate(batch)]

@@ -35,6 +35,14 @@ def one_pass(backend: Backend, prompter: Prompter, records: list[Record], adapte
     return out
 
 
+def zero_shot(engine, records: list[Record], seeds: list[int]) -> list[Solution]:
+    """The zero-shot curve's answers: the base model (adapters disabled) in one pass, sampled as the strategy
+    samples its policy."""
+    cfg = engine.recipe.online.strategy
+    return one_pass(engine.backend, engine.prompter, records, None, engine.base_answer_budget(), cfg.temperature,
+                    cfg.top_p, seeds)
+
+
 class OnePassPolicy:
     """Base of the one-agent strategies: answers are one-pass samples of the `policy` adapter."""
 

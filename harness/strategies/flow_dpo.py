@@ -44,23 +44,35 @@ def rollouts_many(flow: Flow, traces: list[Trace], per_node: int, tries: int) ->
     return groups
 
 
-def explore_continuous(flow: Flow, mains: list[Trace], per_node: int,
-                       tries: int) -> list[list[tuple[Node, Trace]]]:
+def explore_continuous(flow: Flow, mains: list[Trace], per_node: int, tries: int,
+                       in_flight: int | None = None) -> list[list[tuple[Node, Trace]]]:
     """The main chains of new questions and their rollouts in one schedule: the rollouts from a node start in the
     round after the main chain has passed it (its chunk written, or its decision made), and every round is one
     batched call for all chunks and one for all Stop decisions of every trace in flight, so the batch stays full
-    while the main chains are still being written. Each trace draws from its own streams (`Flow.branch`), so the
-    traces equal `rollouts_many` after `Flow.run` (the phased order), up to the float rounding of batched kernels.
+    while the main chains are still being written. At most `in_flight` questions are worked on at once (None: all):
+    the next one enters as soon as one has its main chain and every rollout finished. Each trace draws from its own
+    streams (`Flow.branch`), so the traces equal `rollouts_many` after `Flow.run` (the phased order) whatever
+    `in_flight` is, up to the float rounding of batched kernels.
     Written by hand: no generation library schedules branches off sequences still being decoded."""
     flow.reset_caches()
     groups: list[list[tuple[Node, Trace]]] = [[] for _ in mains]
+    waiting = list(range(len(mains)))
+    working: list[int] = []
     while True:
-        for main, group in zip(mains, groups):
-            passed = nodes(main)  # grows as the main chain goes on; each node is branched once, in order
-            for node in passed[len(group) // per_node :]:
-                group += [(node, flow.branch(main, node, tries, j)) for j in range(per_node)]
-        if not flow.step(mains + [alt for group in groups for _, alt in group]):
+        working = [q for q in working if not finished(mains[q], groups[q], per_node)]
+        while waiting and len(working) < (in_flight or len(mains)):
+            working.append(waiting.pop(0))
+        for q in working:
+            passed = nodes(mains[q])  # grows as the main chain goes on; each node is branched once, in order
+            groups[q] += [(node, flow.branch(mains[q], node, tries, j))
+                          for node in passed[len(groups[q]) // per_node :] for j in range(per_node)]
+        if not flow.step([t for q in working for t in [mains[q], *(alt for _, alt in groups[q])]]) and not waiting:
             return groups
+
+
+def finished(main: Trace, group: list[tuple[Node, Trace]], per_node: int) -> bool:
+    """A question's main chain has ended, and so has every rollout from each of its nodes."""
+    return main.done and len(group) == per_node * len(nodes(main)) and all(alt.done for _, alt in group)
 
 
 def new_tokens(branches: list[tuple[Node, Trace]]) -> int:
@@ -105,6 +117,7 @@ class FlowDPO:
         self.trained = Flow(engine.backend, engine.prompter, cfg, "answer", "stop")
         self.frozen = Flow(engine.backend, engine.prompter, cfg, None, None)
         self.schedule = engine.recipe.runtime.schedule
+        self.in_flight = engine.recipe.online.question_batch
 
     def solve(self, records: list[Record], seeds: list[int], trained: bool = True,
               temperature: float | None = None) -> list[Solution]:
@@ -126,7 +139,8 @@ class FlowDPO:
         t0 = time.perf_counter()
         flow = self.trained
         mains = [flow.start(r.question, r.answer, r.task, s) for r, s in zip(records, seeds)]
-        branches = explore_continuous(flow, mains, self.cfg.rollouts_per_node, self.cfg.max_resample_tries)
+        branches = explore_continuous(flow, mains, self.cfg.rollouts_per_node, self.cfg.max_resample_tries,
+                                      self.in_flight)
         return Explored(self._solutions(records, mains), self._plays(mains, branches),
                         {"generate_seconds": time.perf_counter() - t0, "rollout_seconds": 0.0})
 

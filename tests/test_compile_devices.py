@@ -1,0 +1,143 @@
+"""The compile stage's SFTs at once, one child process per device (`runtime.sft_devices`): the same models as one
+after another, resumable, and placed where asked."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from harness.families import family_tokenizer
+from harness.models import chat_example
+from harness.pipeline import LazyEngine
+from harness.recipe import RecipeError, load_recipe
+from harness.rundir import RunDir, RunError, write_jsonl
+from harness.stages.compile import child_devices, run_compile, visible_gpus
+
+SOURCES = ["flow", "self", "ground_truth"]
+# No warm-up (a random tiny model trains as well as a warm one here) and no trace collection: the SFT sets are
+# written into the run folder beforehand, as a run that was stopped after collecting them leaves it.
+TINY = ["model.tiny.warmup_steps=0"]
+
+
+def write_sets(run: Path) -> None:
+    """Three small, different SFT sets (6 examples each: 2 epochs of one step) in `run`'s compile folder."""
+    tok = family_tokenizer("chatml")
+    for k, source in enumerate(SOURCES):
+        lines = []
+        for i in range(6):
+            prompt, completion = chat_example(tok, f"What is {i} + {k}?", f"{i} + {k} = {i + k}. The answer: {i + k}")
+            lines.append({"id": f"q{i}", "prompt_ids": prompt, "completion_ids": completion})
+        write_jsonl(run / "compile" / f"sft_{source}.jsonl", lines)
+
+
+def compile_run(run: Path, *overrides: str) -> dict:
+    recipe = load_recipe("tiny", [*TINY, *overrides])
+    return run_compile(recipe, RunDir(run), LazyEngine(recipe))
+
+
+def sft_done(run: Path, source: str) -> dict:
+    return json.loads((run / "compile" / f"sft-{source}" / "done.json").read_text())
+
+
+def adapter(run: Path, source: str) -> dict[str, torch.Tensor]:
+    return load_file(run / "compile" / f"sft-{source}" / "adapter" / "adapter_model.safetensors")
+
+
+@pytest.fixture(scope="module")
+def sequential(tmp_path_factory) -> Path:
+    """The SFTs one after another in this process (the default on a machine without two GPUs)."""
+    run = tmp_path_factory.mktemp("sequential") / "run"
+    write_sets(run)
+    compile_run(run)
+    return run
+
+
+@pytest.fixture
+def one_thread_per_child(monkeypatch):
+    """Each of two CPU children gets os.cpu_count() // 2 threads: pretend 2 cores so that each runs on one thread, as
+    this process does (conftest), and the same kernels give float-identical models on any machine."""
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+
+
+def assert_same_sft(run: Path, reference: Path, source: str) -> None:
+    got, want = sft_done(run, source), sft_done(reference, source)
+    assert (got["examples"], got["steps"], got["train_loss"]) == (want["examples"], want["steps"], want["train_loss"])
+    assert [e.get("loss") for e in got["log"]] == [e.get("loss") for e in want["log"]]
+    weights, reference_weights = adapter(run, source), adapter(reference, source)
+    assert weights.keys() == reference_weights.keys()
+    for name, tensor in weights.items():
+        assert torch.equal(tensor, reference_weights[name]), (source, name)
+
+
+def test_sfts_on_two_cpu_processes_equal_those_one_after_another(sequential, tmp_path, one_thread_per_child):
+    run = tmp_path / "run"
+    write_sets(run)
+    summary = compile_run(run, "runtime.sft_devices=[cpu, cpu]")  # three SFTs on two devices: one waits
+    for source in SOURCES:
+        assert_same_sft(run, sequential, source)
+        assert summary["sft"][source]["steps"] == 2
+
+
+def test_a_resumed_run_trains_only_the_missing_sfts(sequential, tmp_path, one_thread_per_child):
+    run = tmp_path / "run"
+    shutil.copytree(sequential, run)
+    for path in ["compile/done.json", "compile/sft-self", "compile/sft-ground_truth"]:
+        target = run / path
+        shutil.rmtree(target) if target.is_dir() else target.unlink()
+    kept = run / "compile" / "sft-flow"
+    before = {path: path.stat().st_mtime_ns for path in kept.rglob("*")}
+    summary = compile_run(run, "runtime.sft_devices=[cpu, cpu]")
+    assert {path: path.stat().st_mtime_ns for path in kept.rglob("*")} == before  # flow was not trained again
+    assert summary["sft"]["flow"] == sft_done(sequential, "flow")
+    for source in ["self", "ground_truth"]:
+        assert_same_sft(run, sequential, source)
+
+
+def test_an_sft_that_fails_in_its_process_is_named_and_the_others_are_kept(tmp_path):
+    run = tmp_path / "run"
+    write_sets(run)
+    broken = run / "compile" / "sft_self.jsonl"
+    write_jsonl(broken, [{"id": "q0", "prompt_ids": [10**6], "completion_ids": [10**6]}])  # beyond the vocabulary
+    with pytest.raises(RunError, match=r"SFT self failed in a child process \(self: IndexError"):
+        compile_run(run, "runtime.sft_devices=[cpu, cpu]", "compile.sources=[self, ground_truth]")
+    assert sft_done(run, "ground_truth")["steps"] == 2  # done.json written: a rerun trains only `self`
+    assert not (run / "compile" / "sft-self" / "done.json").exists()
+
+
+def test_sft_devices_must_be_devices_and_stay_out_of_the_recipe_hash():
+    with pytest.raises(RecipeError, match=r"runtime\.sft_devices: .*'gpu0'.* each entry is `cpu` or `cuda:N`"):
+        load_recipe("tiny", ["runtime.sft_devices=[cpu, gpu0]"])
+    placed = load_recipe("tiny", ["runtime.sft_devices=[cuda:0, cuda:1]"])
+    assert placed.runtime.sft_devices == ["cuda:0", "cuda:1"]
+    assert placed.hash() == load_recipe("tiny").hash()  # placement changes no result
+
+
+def test_every_visible_gpu_trains_an_sft_unless_the_recipe_says_otherwise(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    on_gpus = load_recipe("tiny", ["runtime.device=auto"])
+    assert child_devices(on_gpus) == ["cuda:0", "cuda:1", "cuda:2", "cuda:3"]
+    assert child_devices(load_recipe("tiny")) == []  # runtime.device: cpu keeps the SFTs in this process
+    assert child_devices(load_recipe("tiny", ["runtime.sft_devices=[cuda:3, cpu]"])) == ["cuda:3", "cpu"]
+    with pytest.raises(RunError, match=r"runtime.sft_devices: \['cuda:4'\] are not among the 4 GPUs"):
+        child_devices(load_recipe("tiny", ["runtime.sft_devices=[cuda:4]"]))
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert child_devices(on_gpus) == []  # one GPU: one SFT after another, as before
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    assert child_devices(on_gpus) == []  # a distributed launch trains each SFT on all its ranks
+    with pytest.raises(RunError, match="leave it unset under a distributed launch"):
+        child_devices(load_recipe("tiny", ["runtime.sft_devices=[cpu, cpu]"]))
+
+
+def test_a_child_sees_the_gpu_its_parent_calls_cuda_n(monkeypatch):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert [visible_gpus(d) for d in ("cuda:0", "cuda:2", "cpu")] == ["0", "2", ""]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,6,7")  # the parent's cuda:1 is the machine's GPU 6
+    assert [visible_gpus(d) for d in ("cuda:0", "cuda:1", "cpu")] == ["4", "6", ""]
