@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import time
+from multiprocessing.queues import Queue
 from pathlib import Path
 
 
@@ -37,3 +38,13 @@ def wait_for(path: Path, what: str, timeout_s: float = 7 * 24 * 3600, poll_s: fl
         if time.monotonic() > deadline:
             raise TimeoutError(f"rank {rank()}: gave up waiting for {what} ({path})")
         time.sleep(poll_s)
+
+
+def pin_device(free: Queue, threads: int) -> None:
+    """The first call in a child process that trains on one device: take a device (a CUDA_VISIBLE_DEVICES value)
+    before torch starts CUDA, which reads it only then, and a share of the CPU cores. It lives in this module,
+    which imports nothing heavy, so that a spawned child runs it before importing the libraries."""
+    import torch
+
+    os.environ["CUDA_VISIBLE_DEVICES"] = free.get()
+    torch.set_num_threads(threads)

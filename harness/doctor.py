@@ -149,6 +149,7 @@ def doctor(recipe: Recipe) -> dict:
     report["memory_before"] = gpu_memory()
     start = time.perf_counter()
     engine = Engine(recipe)
+    engine.start_backend()  # as the online stage has it: vLLM's start-up and memory count here
     report["engine_start_seconds"] = time.perf_counter() - start
     report["memory_with_engine"] = gpu_memory()
     template = len(engine.prompter.spliced(flow_settings(recipe).stop_prompt, [], question=""))

@@ -120,8 +120,8 @@ class OnlineConfig(Section):
     """Questions generated together (answers, curves and pairs in one batch) before their pairs are learned.
     1 is the paper's loop; G > 1 answers a group with the adapters as they were at its start. Under
     `dpo.update: after_stream` nothing is learned during the stream: the questions up to each checkpoint are one
-    window, which the Flow works through G in flight (the next enters as one finishes) and the one-pass strategies
-    answer in one batch."""
+    window (logged when it is done), which the continuous Flow works through G in flight on each generation worker
+    (the next enters as one finishes) and the one-pass strategies and the phased Flow answer in one batch."""
     checkpoint_every: int = Field(10, ge=1)
     """Questions between checkpoints (and at the end); a multiple of question_batch."""
     seed: int = 0

@@ -67,6 +67,10 @@ class Engine:
     def backend(self, backend: Backend) -> None:
         self._backend = backend
 
+    def start_backend(self) -> Backend:
+        """Start the generation backend now, not at its first use."""
+        return self.backend
+
     def close_backend(self) -> None:
         """Stop the generation backend (vLLM gives its GPU memory back); the next use starts a fresh one, which
         serves the adapters as the model holds them then."""

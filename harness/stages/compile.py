@@ -23,7 +23,6 @@ import multiprocessing
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from multiprocessing.queues import Queue
 from pathlib import Path
 
 from transformers import TrainerCallback
@@ -31,7 +30,7 @@ from transformers import TrainerCallback
 from harness.batches import run_batches
 from harness.console import Progress
 from harness.data import load_source
-from harness.distributed import is_main, local_rank, wait_for, world_size
+from harness.distributed import is_main, local_rank, pin_device, wait_for, world_size
 from harness.metrics import open_metrics
 from harness.models import chat_example, free_memory, resolve_device
 from harness.pipeline import LazyEngine
@@ -298,15 +297,6 @@ def visible_gpus(device: str) -> str:
     index = int(device.removeprefix("cuda:"))
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     return visible.split(",")[index].strip() if visible else str(index)
-
-
-def pin_device(free: Queue, threads: int) -> None:
-    """The first call in an SFT child: take a device before torch starts CUDA (which reads CUDA_VISIBLE_DEVICES only
-    then), and a share of the CPU cores."""
-    import torch
-
-    os.environ["CUDA_VISIBLE_DEVICES"] = free.get()
-    torch.set_num_threads(threads)
 
 
 def sft_in_child(recipe: Recipe, examples: list[dict], out: Path) -> dict:

@@ -149,9 +149,12 @@ def windows(start: int, total: int, recipe: Recipe) -> Iterator[tuple[int, int]]
     everything up to the next checkpoint, through which a strategy keeps up to `question_batch` questions in flight
     (the Flow lets the next question in as soon as one is finished)."""
     cfg = recipe.online
-    step = cfg.checkpoint_every if cfg.dpo.update == "after_stream" else cfg.question_batch  # ends at checkpoints
-    for first in range(start, total, step):
-        yield first, min(total, first + step)
+    step = cfg.checkpoint_every if cfg.dpo.update == "after_stream" else cfg.question_batch
+    first = start
+    while first < total:
+        end = min(total, (first // step + 1) * step)  # on multiples of step: every checkpoint ends a window
+        yield first, end
+        first = end
 
 
 def adapters_updated(engine: Engine, pool: WorkerPool | None, names: list[str]) -> None:
