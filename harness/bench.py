@@ -23,6 +23,7 @@ from harness.data import Record, load_source
 from harness.generation.engine import Engine
 from harness.recipe import Recipe, RecipeError
 from harness.seeds import seed_for
+from harness.stages.online import windows
 from harness.strategies.answers import one_pass
 from harness.strategies.flow import Flow
 from harness.strategies.flow_dpo import explore_continuous, nodes, rollouts_many
@@ -114,12 +115,13 @@ def run_engine(engine: Engine, recipe: Recipe, records: list[Record], continuous
     flow = Flow(engine.backend, engine.prompter, flow_cfg)
     out = {"tokens": 0, "main_tokens": 0, "main_seconds": 0.0, "rollout_rows": 0, "groups": 0}
     start = time.perf_counter()
-    for first in range(0, len(records), cfg.question_batch):
-        group = records[first : first + cfg.question_batch]
+    for first, end in windows(0, len(records), recipe):  # the online loop's groups, with its seeds
+        group = records[first:end]
         mains = [flow.start(r.question, r.answer, r.task, seed_for(cfg.seed, first + k)) for k, r in enumerate(group)]
         t0 = time.perf_counter()
         if continuous:
-            branches = explore_continuous(flow, mains, flow_cfg.rollouts_per_node, flow_cfg.max_resample_tries)
+            branches = explore_continuous(flow, mains, flow_cfg.rollouts_per_node, flow_cfg.max_resample_tries,
+                                          cfg.question_batch)
         else:
             flow.run(mains)
             out["main_seconds"] += time.perf_counter() - t0
@@ -135,22 +137,19 @@ def run_engine(engine: Engine, recipe: Recipe, records: list[Record], continuous
 def bench_workers(recipe: Recipe, engine: Engine, records: list[Record], count: int) -> dict:
     """The online loop's `explore` over `records`, a group at a time, on `count` generation workers (1: in-process);
     what every question's answer and exploration generated, per second of wall time (workers' start-up excluded)."""
-    from harness.generation.workers import WorkerPool
+    from harness.generation.workers import generation_pool
     from harness.strategies import build_strategy
 
     cfg = recipe.online
     sized = recipe.model_copy(update={"runtime": recipe.runtime.model_copy(update={"generation_workers": count})})
-    generation = WorkerPool(sized, engine) if count > 1 else build_strategy(cfg.strategy, engine)
-    try:
+    with generation_pool(sized, engine) as pool:  # as the online stage holds it: the driver's backend closed
+        generation = pool or build_strategy(cfg.strategy, engine)
+        generation.solve(records[:1], [0])  # warm-up, as the engine had: first-call allocations are not the cost
         tokens, start = 0, time.perf_counter()
-        for first in range(0, len(records), cfg.question_batch):
-            group = records[first : first + cfg.question_batch]
-            explored = generation.explore(group, [seed_for(cfg.seed, first + k) for k in range(len(group))])
+        for first, end in windows(0, len(records), recipe):
+            explored = generation.explore(records[first:end], [seed_for(cfg.seed, k) for k in range(first, end)])
             tokens += sum(s.tokens + p.tokens for s, p in zip(explored.solutions, explored.plays))
         seconds = time.perf_counter() - start
-    finally:
-        if count > 1:
-            generation.close()
     return {"workers": count, "tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds}
 
 

@@ -126,12 +126,22 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return code
 
 
+def worker_counts(text: str) -> list[int]:
+    """`--workers 1,2,4`: positive worker counts."""
+    try:
+        counts = [int(n) for n in text.split(",")]
+    except ValueError:
+        counts = []
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give worker counts of 1 or more, e.g. 1,2,4")
+    return counts
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from harness.bench import bench_flow
 
     recipe = load_recipe(args.recipe, args.overrides)
-    workers = [int(n) for n in args.workers.split(",")] if args.workers else None
-    result = bench_flow(recipe, args.questions or recipe.online.question_batch, workers)
+    result = bench_flow(recipe, args.questions or recipe.online.question_batch, args.workers)
     if args.json:
         print(json.dumps(result))
     else:
@@ -233,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     flow.add_argument("--recipe", required=True)
     flow.add_argument("--questions", type=int, default=None,
                       help="questions to run (default: one generation group, online.question_batch)")
-    flow.add_argument("--workers", default=None, metavar="1,2,...",
+    flow.add_argument("--workers", default=None, metavar="1,2,...", type=worker_counts,
                       help="also time the online loop's generation on that many Ray workers each (needs the ray extra)")
     flow.add_argument("--json", action="store_true", help="print one JSON object")
     flow.add_argument("overrides", nargs="*", help="key.sub=value")

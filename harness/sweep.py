@@ -45,22 +45,27 @@ def split_values(text: str) -> list[str]:
     return [v.strip() for v in values]
 
 
-def sweep_spec(text: str) -> tuple[str, list[str]]:
-    """The swept field and its values (each as written, parsed as YAML by the recipe override)."""
+def field_values(text: str) -> tuple[str, list[str]]:
+    """`key=v1,v2,...`: the field and its values (each as written, parsed as YAML by the recipe override)."""
     keys, _ = parse_override(text)
-    key, raw = ".".join(keys), text.split("=", 1)[1]
-    values = split_values(raw)
+    return ".".join(keys), split_values(text.split("=", 1)[1])
+
+
+def sweep_spec(text: str) -> tuple[str, list[str]]:
+    """The swept field and its values: two or more, all different (each names its run folder)."""
+    key, values = field_values(text)
     if len(values) < 2 or any(not v for v in values) or len(set(values)) != len(values):
         raise RecipeError(f"sweep {text!r}: give two or more distinct values, key=v1,v2,...")
     return key, values
 
 
 def zipped_specs(key: str, values: list[str], along: list[str]) -> dict[str, list[str]]:
-    """The fields changed along with the swept one (`--with`), each with one value per swept value."""
+    """The fields changed along with the swept one (`--with`), each with one value per swept value (values may
+    repeat: only the swept ones name folders)."""
     out = {}
     for text in along:
-        other, others = sweep_spec(text)
-        if len(others) != len(values) or other == key or other in out:
+        other, others = field_values(text)
+        if len(others) != len(values) or any(not v for v in others) or other == key or other in out:
             raise RecipeError(f"sweep --with {text!r}: give another field, with one value per value of {key} "
                               f"({len(values)})")
         out[other] = others

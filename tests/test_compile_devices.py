@@ -17,6 +17,7 @@ from harness.models import chat_example
 from harness.pipeline import LazyEngine
 from harness.recipe import RecipeError, load_recipe
 from harness.rundir import RunDir, RunError, write_jsonl
+from harness.stages import compile as compile_stage
 from harness.stages.compile import child_devices, run_compile, visible_gpus
 
 SOURCES = ["flow", "self", "ground_truth"]
@@ -75,9 +76,12 @@ def assert_same_sft(run: Path, reference: Path, source: str) -> None:
         assert torch.equal(tensor, reference_weights[name]), (source, name)
 
 
-def test_sfts_on_two_cpu_processes_equal_those_one_after_another(sequential, tmp_path, one_thread_per_child):
+def test_sfts_on_two_cpu_processes_equal_those_one_after_another(sequential, tmp_path, one_thread_per_child,
+                                                                 monkeypatch):
     run = tmp_path / "run"
     write_sets(run)
+    # spawned children import their own `sft`: this process training any set would fail the run
+    monkeypatch.setattr(compile_stage, "sft", lambda *args: pytest.fail("an SFT trained in the parent process"))
     summary = compile_run(run, "runtime.sft_devices=[cpu, cpu]")  # three SFTs on two devices: one waits
     for source in SOURCES:
         assert_same_sft(run, sequential, source)

@@ -94,3 +94,16 @@ def test_with_changes_another_field_along_with_the_swept_one(tmp_path, warm_tiny
         assert cli_main(["sweep", "tiny", "online.strategy.chunk_size=6,18", "--with", bad,
                          "--run-dir", str(tmp_path / "bad")]) != 0
         assert f"sweep --with {bad!r}" in capsys.readouterr().err
+
+
+def test_with_values_may_repeat_where_swept_values_may_not():
+    from harness.recipe import RecipeError
+    from harness.sweep import sweep_spec, zipped_specs
+
+    key, values = sweep_spec("online.strategy.chunk_size=10,20,30")
+    assert zipped_specs(key, values, ["online.strategy.max_chunks=3,3,1"]) == {
+        "online.strategy.max_chunks": ["3", "3", "1"]}
+    with pytest.raises(RecipeError, match="give two or more distinct values"):
+        sweep_spec("online.strategy.chunk_size=10,10")
+    with pytest.raises(RecipeError, match=r"sweep --with 'online.strategy.max_chunks=3,,1'"):
+        zipped_specs(key, values, ["online.strategy.max_chunks=3,,1"])

@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from harness.console import say
 from harness.data import Record
 from harness.generation.engine import Engine
 from harness.models import adapter_state, load_adapter_state, resolve_device
@@ -184,9 +185,16 @@ class WorkerPool:
     def close(self) -> None:
         """Stop the workers' engines (vLLM's own processes with them), kill the actors, and stop Ray if the pool
         started it."""
-        if self.actors:
-            self.ray.wait([actor.close.remote() for actor in self.actors], num_returns=len(self.actors),
-                          timeout=CLOSE_SECONDS)
+        if self.actors:  # never raises: it runs on the way out of errors too, which it must not hide
+            ready, late = self.ray.wait([actor.close.remote() for actor in self.actors], num_returns=len(self.actors),
+                                        timeout=CLOSE_SECONDS)
+            for ref in ready:
+                try:
+                    self.ray.get(ref)
+                except Exception as err:  # the actor is killed below all the same
+                    say(f"a generation worker could not close its engine: {err!r}")
+            if late:
+                say(f"{len(late)} generation worker(s) did not close their engines within {CLOSE_SECONDS} s: killed")
         for actor in self.actors:
             self.ray.kill(actor)
         if self.started:
