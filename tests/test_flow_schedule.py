@@ -59,12 +59,12 @@ def in_flight(count):
     return lambda flow, mains, per_node, tries: explore_continuous(flow, mains, per_node, tries, count)
 
 
-@pytest.mark.parametrize("per_node", [1, 2])
-def test_continuous_equals_phased_on_a_seed_scripted_backend(tiny_recipe, scripted_backend, per_node):
+@pytest.mark.parametrize(("per_node", "speculative"), [(1, False), (2, False), (1, True)])
+def test_continuous_equals_phased_on_a_seed_scripted_backend(tiny_recipe, scripted_backend, per_node, speculative):
     results, calls = [], []
     for schedule in (phased, explore_continuous, in_flight(2)):
         flow, backend, _ = scripted_flow(tiny_recipe, seeded(scripted_backend), CHUNKS, STOP,
-                                         "online.strategy.max_chunks=3")
+                                         "online.strategy.max_chunks=3", f"online.strategy.speculative={speculative}")
         mains = [flow.start(Q, "7", "gsm8k", seed) for seed in range(6)]
         groups = schedule(flow, mains, per_node, 4)
         results.append((seen(mains, groups), [make_pairs(flow, m, g) for m, g in zip(mains, groups)]))
@@ -84,7 +84,7 @@ def test_a_question_enters_as_soon_as_one_in_flight_is_finished(tiny_recipe, scr
                                      "online.strategy.max_chunks=3")
     mains = [flow.start(Q, "7", "gsm8k", seed) for seed in range(4)]
     steps, step = [], flow.step
-    flow.step = lambda traces: steps.append({id(t) for t in traces}) or step(traces)
+    flow.step = lambda traces, join=None: steps.append({id(t) for t in traces}) or step(traces, join)
     groups = explore_continuous(flow, mains, 1, 4, in_flight=1)
     spans = []
     for main, group in zip(mains, groups):
@@ -151,3 +151,20 @@ def test_a_stop_decision_encodes_only_the_new_chunk_and_the_suffix(tiny_recipe, 
     assert first == first_len  # the first decision reads its whole prompt
     for chunk, (length, encoded) in zip(trace.chunks[1:], later):
         assert encoded == len(chunk) + suffix < length
+
+
+def test_a_rollout_draws_beside_the_chunk_it_must_differ_from(tiny_recipe, scripted_backend):
+    """An answer node's rollout draws its first chunk in the same call as the main chain's chunk there, and a draw
+    that repeats that chunk is redrawn, as in the phased order."""
+    flow, backend, _ = scripted_flow(tiny_recipe, seeded(scripted_backend), CHUNKS, STOP,
+                                     "online.strategy.max_chunks=3")
+    mains = [flow.start(Q, "7", "gsm8k", seed) for seed in range(12)]
+    groups = explore_continuous(flow, mains, 1, 4)
+    assert backend.calls[0] == 2 * len(mains)  # every main chain's first chunk and its rollout's first draw
+    first = [alt for group in groups for node, alt in group if node == ("answer", 0)]
+    assert any(alt.discarded_tokens for alt in first)  # some first draw repeated the main chain's chunk
+    assert all(alt.chunks[0] != main.chunks[0] for main, alt in zip(mains, first))
+    phased_flow, _, _ = scripted_flow(tiny_recipe, seeded(scripted_backend), CHUNKS, STOP,
+                                      "online.strategy.max_chunks=3")
+    phased_mains = [phased_flow.start(Q, "7", "gsm8k", seed) for seed in range(12)]
+    assert seen(mains, groups) == seen(phased_mains, phased(phased_flow, phased_mains))

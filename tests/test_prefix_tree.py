@@ -88,3 +88,14 @@ def test_cached_prefixes_are_a_rows_past_and_only_suffixes_are_encoded():
 def test_a_cached_prefix_must_leave_a_token_to_encode():
     with pytest.raises(ValueError, match="at least one token"):
         pack([[1, 2]], row_tokens=8, pad_id=0, cached=[(0, 2)])
+
+
+def test_rows_over_a_cached_prefix_are_cut_where_padding_is_least():
+    """Prompts over one cached prefix share a row where their new tokens overlap (one trace's Stop prompts at
+    several boundaries) and take a row each where they do not, so no row is padded to a pair of unrelated ones."""
+    apart = [[1, 2, 3, 10, 11, 12], [1, 2, 3, 20, 21, 22], [1, 2, 3, 30, 31, 32]]
+    packing = pack(apart, row_tokens=64, pad_id=0, cached=[(0, 3)] * 3)
+    assert packing.ids.shape == (3, 3) and packing.nodes == 9
+    boundaries = [[1, 2, 3, 10, 11, 99], [1, 2, 3, 10, 11, 12, 13, 99], [1, 2, 3, 10, 11, 12, 13, 14, 15, 99]]
+    packing = pack(boundaries, row_tokens=64, pad_id=0, cached=[(0, 3)] * 3)
+    assert packing.ids.shape == (1, 9) and packing.nodes == 9  # 10 11 shared once, each ending 99 its own node

@@ -116,7 +116,8 @@ class HFBackend:
         out: list[list[float]] = [[] for _ in prompts]
         store = self._store(adapter)
         with self.adapter(adapter):
-            for _, group in self._groups(prompts, self.max_batch):
+            # the store changes as each forward's prompts join it: prefixes are looked up again per forward
+            for group in self._read_groups(prompts, store.matches(prompts)):
                 chosen = [prompts[i] for i in group]
                 packing, cache, hidden = self._encode_with_store(chosen, store)
                 for i, values in zip(group, torch.log_softmax(self._head(hidden), -1)[:, columns].tolist()):
@@ -160,6 +161,26 @@ class HFBackend:
     def reset_cache(self, adapter: str | None) -> None:
         if adapter in self.stores:
             self.stores[adapter].clear()
+
+    def _read_groups(self, prompts: list[list[int]], hits: list[tuple[int, int] | None]) -> Iterator[list[int]]:
+        """Prompt indices, a forward pass at a time, for reading next-token distributions: prompts with no prefix
+        in the store (packed together as token trees) apart from those with one, which take a packed row each as
+        wide as their new tokens; the latter by number of new tokens, cut where padding every row to the widest
+        would cost more than a quarter extra, so that a forward never pads short rows to a long prompt's width.
+        At most `max_batch` prompts a forward."""
+        new = [len(p) - (hit[1] if hit else 0) for p, hit in zip(prompts, hits)]
+        cold = sorted((i for i, hit in enumerate(hits) if hit is None), key=lambda i: prompts[i])
+        warm = sorted((i for i, hit in enumerate(hits) if hit is not None), key=lambda i: (new[i], prompts[i]))
+        yield from (cold[start : start + self.max_batch] for start in range(0, len(cold), self.max_batch))
+        group: list[int] = []
+        for i in warm:
+            if group and (len(group) == self.max_batch
+                          or (len(group) + 1) * new[i] > 1.25 * (sum(new[j] for j in group) + new[i])):
+                yield group
+                group = []
+            group.append(i)
+        if group:
+            yield group
 
     @staticmethod
     def _groups(prompts: list[list[int]], size: int) -> Iterator[tuple[int, list[int]]]:

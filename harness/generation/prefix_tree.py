@@ -61,6 +61,19 @@ def pack(prompts: list[list[int]], row_tokens: int, pad_id: int,
                              f"{len(prompt)}")
         if not prompt:
             raise ValueError("cannot pack an empty prompt")
+    # Rows over a cached prefix are cut at whichever limit pads least: every row is padded to the widest, so
+    # packing two prompts that share no new tokens into one row can double the width every other row pays for.
+    longest = max((len(p) - hit[1] for p, hit in zip(prompts, cached) if hit), default=row_tokens)
+    limits = sorted({min(longest * k, row_tokens) for k in (1, 2, 4)} | {row_tokens})
+    rows, where, columns = min((_rows(prompts, cached, row_tokens, limit) for limit in limits),
+                               key=lambda packed: len(packed[0]) * max(len(r.parents) for r in packed[0]))
+    return _tensors(rows, where, columns, pad_id)
+
+
+def _rows(prompts: list[list[int]], cached: list[tuple[int, int] | None], row_tokens: int,
+          past_row_tokens: int) -> tuple[list[_Row], list[int], list[list[int]]]:
+    """Prompts inserted into trie rows in sorted order: a row holds prompts with the same cached prefix, up to
+    `row_tokens` nodes (`past_row_tokens` over a cached prefix); per prompt, its row and its nodes' columns."""
     rows: list[_Row] = []
     tries: list[dict] = []  # per row: nested {token: (column, children)}
     where, columns = [0] * len(prompts), [[] for _ in prompts]
@@ -68,8 +81,9 @@ def pack(prompts: list[list[int]], row_tokens: int, pad_id: int,
     for index in order:
         skip = cached[index][1] if cached[index] else 0
         suffix = prompts[index][skip:]
+        limit = max(past_row_tokens if skip else row_tokens, len(suffix))
         if (not rows or rows[-1].past != cached[index]
-                or len(rows[-1].parents) + _new_nodes(tries[-1], suffix) > max(row_tokens, len(suffix))):
+                or len(rows[-1].parents) + _new_nodes(tries[-1], suffix) > limit):
             rows.append(_Row([], [], cached[index]))
             tries.append({})
         row, level, parent = rows[-1], tries[-1], -1
@@ -81,7 +95,7 @@ def pack(prompts: list[list[int]], row_tokens: int, pad_id: int,
             parent, level = level[token]
             columns[index].append(parent)
         where[index] = len(rows) - 1
-    return _tensors(rows, where, columns, pad_id)
+    return rows, where, columns
 
 
 def _new_nodes(trie: dict, prompt: list[int]) -> int:

@@ -11,6 +11,7 @@ allowed chunk and after a chunk that ended in EOS when `eos_ends_flow`).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from harness.evaluation.grading import grade
@@ -44,7 +45,9 @@ class Trace:
     # Rollout bookkeeping: the next action and what it must do differently.
     pending: str = "chunk"
     forced_decision: bool | None = None
-    avoid_chunk: list[int] | None = None
+    avoid: Trace | None = None
+    """The main chain whose chunk at this rollout's answer node must not be repeated (it may be written in the same
+    call as the rollout's first draw)."""
     tries_left: int = 0
     redrawing: bool = False
     """A draw repeated the chunk to avoid: the next round draws all remaining tries at once."""
@@ -112,7 +115,8 @@ class Flow:
 
     def branch(self, trace: Trace, node: tuple[str, int], tries: int, index: int = 0) -> Trace:
         """Rollout `index` from `node`: it shares the trace's prefix up to the node, takes another action there and
-        draws from a stream of its own, derived from the trace's and the node's."""
+        draws from a stream of its own, derived from the trace's and the node's. An answer node may be the chunk
+        the trace is about to write: the rollout's first draw then joins the same call and is compared after it."""
         kind, i = node
         if kind == "answer":
             keep, pending = i, "chunk"
@@ -123,7 +127,7 @@ class Flow:
                     chunks=[list(c) for c in trace.chunks[:keep]], stop_probs=trace.stop_probs[:i],
                     decisions=trace.decisions[:i], pending=pending)
         if kind == "answer":
-            alt.avoid_chunk, alt.tries_left = trace.chunks[i], tries
+            alt.avoid, alt.tries_left = trace, tries
         else:
             alt.stop_probs.append(None)
             alt.decisions.append(None)
@@ -149,19 +153,25 @@ class Flow:
         self.backend.reset_cache(self.answer_adapter)
         self.backend.reset_cache(self.stop_adapter)
 
-    def step(self, traces: list[Trace]) -> bool:
+    def step(self, traces: list[Trace], join: Callable[[], list[Trace]] | None = None) -> bool:
         """One round over the traces not yet done: every pending stop decision, then every pending chunk, each one
-        batched backend call; a trace that ends is graded. False when there was nothing left to do."""
+        batched backend call; a trace that ends is graded. `join`, called between the two, returns traces that
+        enter the round there (rollouts from the nodes the decisions just passed, or from the chunks about to be
+        written); their forced decisions take no call. False when there was nothing left to do."""
         deciding = [t for t in traces if t.pending == "stop"]
         if deciding:
             self._decide(deciding)
-        writing = [t for t in traces if t.pending == "chunk"]
+        joined = join() if join else []
+        forced = [t for t in joined if t.pending == "stop"]
+        if forced:
+            self._decide(forced)
+        writing = [t for t in traces + joined if t.pending == "chunk"]
         if writing:
             self._write_chunks(writing)
-        for trace in {id(t): t for t in deciding + writing}.values():  # decided and written in one round: once
+        for trace in {id(t): t for t in deciding + forced + writing}.values():  # decided and written: once
             if trace.done:
                 self._finish(trace)
-        return bool(deciding or writing)
+        return bool(deciding or writing or joined)
 
     def _write_chunks(self, traces: list[Trace]) -> None:
         """Sample the next chunk of every trace; in speculative mode, the whole remaining budget at once.
@@ -182,8 +192,10 @@ class Flow:
         samples = iter(self.backend.generate(prompts, self.answer_adapter,
                                              [b for b, k in zip(budgets, draws) for _ in range(k)],
                                              self.cfg.temperature, self.cfg.top_p, n=1, seed=seeds))
-        for trace, k in zip(traces, draws):
-            drawn = [next(samples)[0] for _ in range(k)]
+        drawn_per_trace = [[next(samples)[0] for _ in range(k)] for k in draws]
+        # a rollout compares its draw with its main chain's chunk, which may have been drawn in this call
+        for trace, drawn in sorted(zip(traces, drawn_per_trace), key=lambda pair: pair[0].avoid is not None):
+            k = len(drawn)
             trace.draws += k
             chosen = self._first_acceptable(trace, drawn)
             self.stats.tokens += sum(len(d.token_ids) for d in drawn)
@@ -191,7 +203,7 @@ class Flow:
             if chosen is None:
                 trace.redrawing = True  # every draw repeated the original: draw again next round
                 continue
-            trace.avoid_chunk, trace.redrawing, trace.draws = None, False, 0
+            trace.avoid, trace.redrawing, trace.draws = None, False, 0
             ids = chosen.token_ids
             trace.draft = [ids[i : i + size] for i in range(0, len(ids), size)]
             trace.draft_finished = chosen.finished
@@ -201,9 +213,9 @@ class Flow:
     def _first_acceptable(self, trace: Trace, drawn: list[Sample]) -> Sample | None:
         """The first draw a trace may keep: for a rollout, one whose first chunk differs from the original's
         (its last try is kept either way, and then yields no pair)."""
+        avoid = trace.avoid.chunks[len(trace.chunks)] if trace.avoid is not None else None
         for sample in drawn:
-            if (trace.avoid_chunk is None or trace.tries_left <= 1
-                    or sample.token_ids[: self.cfg.chunk_size] != trace.avoid_chunk):
+            if avoid is None or trace.tries_left <= 1 or sample.token_ids[: self.cfg.chunk_size] != avoid:
                 return sample
             trace.tries_left -= 1
         return None

@@ -47,26 +47,37 @@ def rollouts_many(flow: Flow, traces: list[Trace], per_node: int, tries: int) ->
 def explore_continuous(flow: Flow, mains: list[Trace], per_node: int, tries: int,
                        in_flight: int | None = None) -> list[list[tuple[Node, Trace]]]:
     """The main chains of new questions and their rollouts in one schedule: the rollouts from a node start in the
-    round after the main chain has passed it (its chunk written, or its decision made), and every round is one
-    batched call for all chunks and one for all Stop decisions of every trace in flight, so the batch stays full
-    while the main chains are still being written. At most `in_flight` questions are worked on at once (None: all):
-    the next one enters as soon as one has its main chain and every rollout finished. Each trace draws from its own
-    streams (`Flow.branch`), so the traces equal `rollouts_many` after `Flow.run` (the phased order) whatever
-    `in_flight` is, up to the float rounding of batched kernels.
+    round the main chain passes it (an answer node's first draw in the same call as the main chain's chunk there,
+    a stop node's next chunk right after the decision), and every round is one batched call for all chunks and
+    one for all Stop decisions of every trace in flight, so the batch stays full while the main chains are still
+    being written. At most `in_flight` questions are worked on at once (None: all): the next one enters as soon as
+    one has its main chain and every rollout finished. Each trace draws from its own streams (`Flow.branch`), so
+    the traces equal `rollouts_many` after `Flow.run` (the phased order) whatever `in_flight` is, up to the float
+    rounding of batched kernels.
     Written by hand: no generation library schedules branches off sequences still being decoded."""
     flow.reset_caches()
     groups: list[list[tuple[Node, Trace]]] = [[] for _ in mains]
     waiting = list(range(len(mains)))
     working: list[int] = []
+
+    def branch_reached() -> list[Trace]:
+        """Rollouts from the nodes each main chain reached since the last round, in node order."""
+        new = []
+        for q in working:
+            main = mains[q]
+            reached = nodes(main) + [("answer", len(main.chunks))] * (main.pending == "chunk")
+            branched = [(node, flow.branch(main, node, tries, j))
+                        for node in reached[len(groups[q]) // per_node :] for j in range(per_node)]
+            groups[q] += branched
+            new += [alt for _, alt in branched]
+        return new
+
     while True:
         working = [q for q in working if not finished(mains[q], groups[q], per_node)]
         while waiting and len(working) < (in_flight or len(mains)):
             working.append(waiting.pop(0))
-        for q in working:
-            passed = nodes(mains[q])  # grows as the main chain goes on; each node is branched once, in order
-            groups[q] += [(node, flow.branch(mains[q], node, tries, j))
-                          for node in passed[len(groups[q]) // per_node :] for j in range(per_node)]
-        if not flow.step([t for q in working for t in [mains[q], *(alt for _, alt in groups[q])]]) and not waiting:
+        in_round = [t for q in working for t in [mains[q], *(alt for _, alt in groups[q])]]
+        if not flow.step(in_round, branch_reached) and not waiting:
             return groups
 
 
