@@ -407,6 +407,29 @@ def test_next_token_logprobs_equal_log_softmax_of_a_plain_forward(tiny_base, per
     assert backend.next_token_logprobs([], adapter, ids) == []
 
 
+def test_a_read_over_kept_prefixes_is_not_padded_to_a_new_prompt(tiny_base, perturb):
+    """Prompts extending kept ones are read in a forward of their own, a row each as wide as their new tokens, apart
+    from a whole new prompt (one forward would pad every row to its length); the values are a plain forward's."""
+    model, tok = tiny_base()
+    peft = with_adapters(model, {"stop": LoraSpec()})
+    perturb(peft, "stop", seed=2, scale=0.2)
+    backend = HFBackend(peft, tok)
+    ids = [encode(tok, "Y")[0], encode(tok, "N")[0]]
+    kept = [encode(tok, q) for q in QUESTIONS]
+    backend.next_token_logprobs(kept, "stop", ids)
+    extended = [prompt + encode(tok, f" then {k}?") for k, prompt in enumerate(kept)]
+    prompts = extended + [encode(tok, "A new question that shares nothing with the others, read whole.")]
+    shapes, forward = [], backend._encode
+    backend._encode = lambda packing, cache: shapes.append(tuple(packing.ids.shape)) or forward(packing, cache)
+    got = backend.next_token_logprobs(prompts, "stop", ids)
+    widest = max(len(e) - len(k) for e, k in zip(extended, kept))
+    assert len(shapes) == 2 and (len(extended), widest) in shapes  # the long prompt is read in its own forward
+    for prompt, row in zip(prompts, got):
+        with backend.adapter("stop"):
+            want = torch.log_softmax(plain_last_logits(peft, prompt), -1)[ids]
+        torch.testing.assert_close(torch.tensor(row), want, atol=1e-5, rtol=0)
+
+
 def test_step_stop_ids_on_the_tiny_character_tokenizer(tiny_base):
     _, tok = tiny_base()
     newline, dot = tok.convert_tokens_to_ids("\n"), tok.convert_tokens_to_ids(".")
