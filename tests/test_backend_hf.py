@@ -409,7 +409,8 @@ def test_next_token_logprobs_equal_log_softmax_of_a_plain_forward(tiny_base, per
 
 def test_a_read_over_kept_prefixes_is_not_padded_to_a_new_prompt(tiny_base, perturb):
     """Prompts extending kept ones are read in a forward of their own, a row each as wide as their new tokens, apart
-    from a whole new prompt (one forward would pad every row to its length); the values are a plain forward's."""
+    from a whole new prompt (one forward would pad every row to its length), while prompts over one kept prefix
+    that share new tokens stay in one forward and row; the values are a plain forward's."""
     model, tok = tiny_base()
     peft = with_adapters(model, {"stop": LoraSpec()})
     perturb(peft, "stop", seed=2, scale=0.2)
@@ -424,7 +425,12 @@ def test_a_read_over_kept_prefixes_is_not_padded_to_a_new_prompt(tiny_base, pert
     got = backend.next_token_logprobs(prompts, "stop", ids)
     widest = max(len(e) - len(k) for e, k in zip(extended, kept))
     assert len(shapes) == 2 and (len(extended), widest) in shapes  # the long prompt is read in its own forward
-    for prompt, row in zip(prompts, got):
+    # one trace's Stop prompts at three boundaries after a kept prefix: one forward, one row, shared tokens once
+    boundaries = [extended[0] + encode(tok, text) for text in (" a", " a b", " a b c")]
+    shapes.clear()
+    got += backend.next_token_logprobs(boundaries, "stop", ids)
+    assert shapes == [(1, len(boundaries[-1]) - len(extended[0]))]
+    for prompt, row in zip(prompts + boundaries, got):
         with backend.adapter("stop"):
             want = torch.log_softmax(plain_last_logits(peft, prompt), -1)[ids]
         torch.testing.assert_close(torch.tensor(row), want, atol=1e-5, rtol=0)

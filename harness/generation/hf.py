@@ -163,22 +163,28 @@ class HFBackend:
             self.stores[adapter].clear()
 
     def _read_groups(self, prompts: list[list[int]], hits: list[tuple[int, int] | None]) -> Iterator[list[int]]:
-        """Prompt indices, a forward pass at a time, for reading next-token distributions: prompts with no prefix
-        in the store (packed together as token trees) apart from those with one, which take a packed row each as
-        wide as their new tokens; the latter by number of new tokens, cut where padding every row to the widest
-        would cost more than a quarter extra, so that a forward never pads short rows to a long prompt's width.
-        At most `max_batch` prompts a forward."""
-        new = [len(p) - (hit[1] if hit else 0) for p, hit in zip(prompts, hits)]
+        """Prompt indices, a forward pass at a time, for reading next-token distributions, so that no forward pads
+        its rows to a much longer prompt's width: prompts with no prefix in the store (packed together as token
+        trees) apart from those with one. The latter come in units of one kept prefix (which may share a packed
+        row: one trace's Stop prompts at several boundaries), by their longest new suffix, cut where padding
+        every unit to the widest would cost more than a quarter extra. At most `max_batch` prompts a forward."""
         cold = sorted((i for i, hit in enumerate(hits) if hit is None), key=lambda i: prompts[i])
-        warm = sorted((i for i, hit in enumerate(hits) if hit is not None), key=lambda i: (new[i], prompts[i]))
         yield from (cold[start : start + self.max_batch] for start in range(0, len(cold), self.max_batch))
+        by_prefix: dict[tuple[int, int], list[int]] = {}
+        for i, hit in enumerate(hits):
+            if hit is not None:
+                by_prefix.setdefault(hit, []).append(i)
+        slices = [unit[start : start + self.max_batch] for unit in by_prefix.values()
+                  for start in range(0, len(unit), self.max_batch)]
+        units = sorted((max(len(prompts[i]) - hits[i][1] for i in unit), prompts[unit[0]], unit) for unit in slices)
         group: list[int] = []
-        for i in warm:
-            if group and (len(group) == self.max_batch
-                          or (len(group) + 1) * new[i] > 1.25 * (sum(new[j] for j in group) + new[i])):
+        widths: list[int] = []
+        for w, _, unit in units:
+            if group and (len(group) + len(unit) > self.max_batch or (len(widths) + 1) * w > 1.25 * (sum(widths) + w)):
                 yield group
-                group = []
-            group.append(i)
+                group, widths = [], []
+            group += unit
+            widths.append(w)
         if group:
             yield group
 

@@ -45,7 +45,7 @@ class Trace:
     # Rollout bookkeeping: the next action and what it must do differently.
     pending: str = "chunk"
     forced_decision: bool | None = None
-    avoid: Trace | None = None
+    avoid: Trace | None = field(default=None, repr=False, compare=False)
     """The main chain whose chunk at this rollout's answer node must not be repeated (it may be written in the same
     call as the rollout's first draw)."""
     tries_left: int = 0

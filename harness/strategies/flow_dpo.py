@@ -65,7 +65,9 @@ def explore_continuous(flow: Flow, mains: list[Trace], per_node: int, tries: int
         new = []
         for q in working:
             main = mains[q]
-            reached = nodes(main) + [("answer", len(main.chunks))] * (main.pending == "chunk")
+            reached = nodes(main)
+            if main.pending == "chunk":  # the chunk it writes this round: a rollout may draw beside it
+                reached.append(("answer", len(main.chunks)))
             branched = [(node, flow.branch(main, node, tries, j))
                         for node in reached[len(groups[q]) // per_node :] for j in range(per_node)]
             groups[q] += branched
