@@ -13,6 +13,13 @@ from scripted import EOS, scripted_ids, split_answer_prompt
 # matmuls ~10x slower. One thread here, and in every `harness` subprocess a test starts (they inherit os.environ).
 torch.set_num_threads(1)
 
+# Tests that run on each device: the CPU in every run, CUDA under `-m gpu` (tox -e gpu) on a machine that has it.
+# The CUDA case runs the same assertions: reads equal a plain forward, continuous equals phased, a killed run
+# resumes to the uninterrupted one's bits, so a GPU machine checks what CI can only check on the CPU.
+DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
+                                                                                  reason="no CUDA device")])]
+on_each_device = pytest.mark.parametrize("device", DEVICES)
+
 OFFLINE_ENV = {
     "OMP_NUM_THREADS": "1",
     "HF_HUB_OFFLINE": "1",
@@ -48,12 +55,12 @@ def tiny_recipe():
 
 @pytest.fixture
 def tiny_base():
-    """A fresh random tiny Llama (no warm-up, no adapters) and its character tokenizer: ~0.1 s."""
+    """A fresh random tiny Llama (no warm-up, no adapters) on `device` and its character tokenizer: ~0.1 s."""
     from harness.models import load_base
     from harness.recipe import ModelConfig
 
-    def make(**tiny):
-        return load_base(ModelConfig(name="tiny", tiny=tiny))
+    def make(device: str = "cpu", **tiny):
+        return load_base(ModelConfig(name="tiny", tiny=tiny), device)
 
     return make
 
@@ -64,8 +71,8 @@ def tiny_peft(tiny_base):
     from harness.models import with_adapters
     from harness.recipe import LoraSpec
 
-    def make(dropout: float = 0.05, **tiny):
-        model, tok = tiny_base(**tiny)
+    def make(dropout: float = 0.05, device: str = "cpu", **tiny):
+        model, tok = tiny_base(device, **tiny)
         spec = LoraSpec(r=8, alpha=8, dropout=dropout)
         return with_adapters(model, {"answer": spec, "stop": spec}), tok
 

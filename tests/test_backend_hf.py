@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from conftest import on_each_device
 
 from harness.generation.backend import yes_probability
 from harness.generation.hf import HFBackend
@@ -28,7 +29,7 @@ def greedy_ids(backend: HFBackend, prompts, adapter, tokens: int = 12) -> list[l
 def plain_last_logits(model, prompt: list[int]) -> torch.Tensor:
     """Next-token logits of one unpadded prompt: no mask, no position ids, no batch."""
     with torch.no_grad():
-        return model(input_ids=torch.tensor([prompt])).logits[0, -1].float()
+        return model(input_ids=torch.tensor([prompt], device=model.device)).logits[0, -1].float().cpu()
 
 
 def test_adapter_none_equals_base_model_and_zero_adapters_equal_base(tiny_base):
@@ -142,8 +143,9 @@ def test_finished_iff_sample_ends_with_eos(tiny_base):
     assert 0 < finished < len(samples), "the hot sampling should give both EOS-ended and cut-off samples"
 
 
-def test_left_padded_batch_equals_each_prompt_alone(tiny_base):
-    model, tok = tiny_base()
+@on_each_device
+def test_left_padded_batch_equals_each_prompt_alone(tiny_base, device):
+    model, tok = tiny_base(device)
     prompts = [encode(tok, q) for q in QUESTIONS]
     assert len({len(p) for p in prompts}) == len(prompts)
     batched = HFBackend(model, tok).generate(prompts, None, 12, 0.0)
@@ -158,8 +160,9 @@ def test_left_padded_batch_equals_each_prompt_alone(tiny_base):
 
 
 @pytest.mark.parametrize("rule", ["yes_vs_no", "yes_prob"])
-def test_yes_probability_equals_manual_softmax_of_unpadded_forward(tiny_base, perturb, rule):
-    model, tok = tiny_base()
+@on_each_device
+def test_yes_probability_equals_manual_softmax_of_unpadded_forward(tiny_base, perturb, rule, device):
+    model, tok = tiny_base(device)
     peft = with_adapters(model, {"answer": LoraSpec(), "stop": LoraSpec()})
     perturb(peft, "stop", seed=2, scale=0.2)
     backend = HFBackend(peft, tok)
@@ -187,15 +190,16 @@ def test_yes_probability_equals_manual_softmax_of_unpadded_forward(tiny_base, pe
 def transformers_greedy(model, prompt: list[int], tokens: int, eos: int) -> list[int]:
     """transformers' own generate on one unpadded prompt: the reference for the backend's decoding loop."""
     with torch.no_grad():
-        out = model.generate(input_ids=torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt),
-                             dtype=torch.long), max_new_tokens=tokens, do_sample=False, eos_token_id=eos,
-                             pad_token_id=eos)
+        ids = torch.tensor([prompt], device=model.device)
+        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=tokens,
+                             do_sample=False, eos_token_id=eos, pad_token_id=eos)
     return out[0, len(prompt):].tolist()
 
 
 @pytest.mark.parametrize("row_tokens", [512, 8])
-def test_greedy_ids_equal_transformers_generate_with_shared_prefixes(tiny_base, perturb, row_tokens):
-    model, tok = tiny_base()
+@on_each_device
+def test_greedy_ids_equal_transformers_generate_with_shared_prefixes(tiny_base, perturb, row_tokens, device):
+    model, tok = tiny_base(device)
     peft = with_adapters(model, {"answer": LoraSpec(), "stop": LoraSpec()})
     perturb(peft, "answer", seed=4, scale=0.2)
     # prompts that extend each other, repeat, and share nothing: one packed tree, or many small rows
@@ -229,8 +233,9 @@ def test_per_prompt_budgets_cut_each_sample_and_leave_the_others_unchanged(tiny_
         backend.generate(prompts, None, 0, 0.0)
 
 
-def test_prompts_extending_earlier_calls_reuse_their_kv_and_give_the_same_results(tiny_base, perturb):
-    model, tok = tiny_base()
+@on_each_device
+def test_prompts_extending_earlier_calls_reuse_their_kv_and_give_the_same_results(tiny_base, perturb, device):
+    model, tok = tiny_base(device)
     peft = with_adapters(model, {"answer": LoraSpec(), "stop": LoraSpec()})
     perturb(peft, "answer", seed=5, scale=0.2)
     perturb(peft, "stop", seed=6, scale=0.2)
@@ -288,8 +293,9 @@ def sample_tuples(out) -> list[tuple]:
     return [(s.token_ids, s.logprobs, s.finished, s.stopped) for row in out for s in row]
 
 
-def test_a_prompts_samples_depend_on_its_seed_not_on_the_rest_of_the_call(tiny_base):
-    model, tok = tiny_base()
+@on_each_device
+def test_a_prompts_samples_depend_on_its_seed_not_on_the_rest_of_the_call(tiny_base, device):
+    model, tok = tiny_base(device)
     prompts = [encode(tok, q) for q in QUESTIONS]
     seeds = [101, 7, 55, 3]
 
@@ -391,8 +397,9 @@ def test_continuing_a_stopped_step_from_the_kv_store_equals_a_fresh_backend(tiny
 
 
 @pytest.mark.parametrize("adapter", ["stop", None])
-def test_next_token_logprobs_equal_log_softmax_of_a_plain_forward(tiny_base, perturb, adapter):
-    model, tok = tiny_base()
+@on_each_device
+def test_next_token_logprobs_equal_log_softmax_of_a_plain_forward(tiny_base, perturb, adapter, device):
+    model, tok = tiny_base(device)
     peft = with_adapters(model, {"answer": LoraSpec(), "stop": LoraSpec()})
     perturb(peft, "stop", seed=2, scale=0.2)
     backend = HFBackend(peft, tok)
@@ -407,11 +414,12 @@ def test_next_token_logprobs_equal_log_softmax_of_a_plain_forward(tiny_base, per
     assert backend.next_token_logprobs([], adapter, ids) == []
 
 
-def test_a_read_over_kept_prefixes_is_not_padded_to_a_new_prompt(tiny_base, perturb):
+@on_each_device
+def test_a_read_over_kept_prefixes_is_not_padded_to_a_new_prompt(tiny_base, perturb, device):
     """Prompts extending kept ones are read in a forward of their own, a row each as wide as their new tokens, apart
     from a whole new prompt (one forward would pad every row to its length), while prompts over one kept prefix
     that share new tokens stay in one forward and row; the values are a plain forward's."""
-    model, tok = tiny_base()
+    model, tok = tiny_base(device)
     peft = with_adapters(model, {"stop": LoraSpec()})
     perturb(peft, "stop", seed=2, scale=0.2)
     backend = HFBackend(peft, tok)

@@ -4,6 +4,7 @@ after another, resumable, and placed where asked."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 from pathlib import Path
@@ -86,6 +87,21 @@ def test_sfts_on_two_cpu_processes_equal_those_one_after_another(sequential, tmp
     for source in SOURCES:
         assert_same_sft(run, sequential, source)
         assert summary["sft"][source]["steps"] == 2
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_sfts_train_in_a_child_process_on_the_gpu(sequential, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    write_sets(run)
+    monkeypatch.setattr(compile_stage, "sft", lambda *args: pytest.fail("an SFT trained in the parent process"))
+    summary = compile_run(run, "runtime.sft_devices=[cuda:0]")
+    for source in SOURCES:
+        assert summary["sft"][source]["steps"] == 2 and math.isfinite(summary["sft"][source]["train_loss"])
+        # the sequential CPU run's model, up to the GPU's float rounding
+        want = adapter(sequential, source)
+        for name, tensor in adapter(run, source).items():
+            torch.testing.assert_close(tensor, want[name], rtol=1e-3, atol=1e-5)
 
 
 def test_a_resumed_run_trains_only_the_missing_sfts(sequential, tmp_path, one_thread_per_child):

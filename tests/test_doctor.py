@@ -40,3 +40,17 @@ def test_doctor_checks_run_on_the_stand_in(capsys, warm_tiny):
     projection = report["projection"]
     assert projection["online_hours_estimate"] > 0
     assert projection["dpo_steps"] == 8 * 2 * 5 // 4  # 8 rehearsed questions, 2 agents, 5 nodes, 4 pairs a step
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_on_a_gpu_doctor_reads_its_memory_and_the_dpo_steps_peak(capsys, warm_tiny):
+    assert cli_main(["doctor", "tiny", "runtime.device=cuda", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    gpus = [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    for readings in (report["memory_before"], report["memory_with_engine"]):
+        assert [m["device"] for m in readings] == gpus
+        assert all(0 < m["free_gib"] <= m["total_gib"] for m in readings)
+    assert report["dpo_step"]["peak_gib"] > 0 and report["dpo_step"]["seconds"] > 0
+    assert all(v > 0 for v in report["decode_tokens_per_second"].values())
+    assert report["projection"]["online_hours_estimate"] > 0

@@ -5,6 +5,7 @@ the tiny model, in fewer, fuller calls; a Stop decision reads only what its ques
 from __future__ import annotations
 
 import pytest
+from conftest import on_each_device
 from test_flow import QUESTIONS, RecordingBackend, scripted_flow
 
 from harness.generation.hf import HFBackend
@@ -95,9 +96,10 @@ def test_a_question_enters_as_soon_as_one_in_flight_is_finished(tiny_recipe, scr
     assert all(later[0] == earlier[1] + 1 for earlier, later in zip(spans, spans[1:]))  # the round after
 
 
-def test_continuous_equals_phased_on_the_tiny_model(tiny_recipe, tiny_peft, perturb):
+@on_each_device
+def test_continuous_equals_phased_on_the_tiny_model(tiny_recipe, tiny_peft, perturb, device):
     recipe = tiny_recipe("online.strategy.chunk_size=6", "online.strategy.max_chunks=3")
-    model, tok = tiny_peft()
+    model, tok = tiny_peft(device=device)
     perturb(model, "answer", seed=3, scale=0.1)
     perturb(model, "stop", seed=4, scale=0.3)
     prompter = Prompter(tok, recipe.strategy.answer_prompt, recipe.model.chat_template)

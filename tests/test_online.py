@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import DEVICES
 from safetensors.torch import load_file
 
 import harness.stages.online as online_mod
@@ -289,12 +290,12 @@ ARGS = [*MODEL_ARGS, "online.strategy.chunk_size=12", "online.strategy.max_chunk
         "online.strategy.stop_threshold=0.7"]
 
 
-def harness_cmd(run_dir: Path) -> list[str]:
-    return [sys.executable, "-m", "harness.cli", "run", "online", "tiny", "--run-dir", str(run_dir), *ARGS]
+def harness_cmd(run_dir: Path, *overrides: str) -> list[str]:
+    return [sys.executable, "-m", "harness.cli", "run", "online", "tiny", "--run-dir", str(run_dir), *ARGS, *overrides]
 
 
-def start(run_dir: Path, env: dict) -> subprocess.Popen:
-    return subprocess.Popen(harness_cmd(run_dir), cwd=REPO, env=env, stdout=subprocess.PIPE,
+def start(run_dir: Path, env: dict, *overrides: str) -> subprocess.Popen:
+    return subprocess.Popen(harness_cmd(run_dir, *overrides), cwd=REPO, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
 
 
@@ -304,16 +305,18 @@ def finish(proc: subprocess.Popen, timeout: float = 240) -> tuple[str, str]:
     return out, err
 
 
-@pytest.fixture(scope="module")
-def online_runs(warm_tiny, tmp_path_factory):
-    """An uninterrupted run, and a run killed with SIGKILL after its first checkpoint and then resumed."""
+@pytest.fixture(scope="module", params=DEVICES)
+def online_runs(warm_tiny, tmp_path_factory, request):
+    """An uninterrupted run, and a run killed with SIGKILL after its first checkpoint and then resumed, on the
+    device of the fixture's parameter."""
     root = tmp_path_factory.mktemp("online")
     env = dict(os.environ)
+    device = f"runtime.device={request.param}"
     started: list[subprocess.Popen] = []
     try:
-        reference = start(root / "reference", env)  # runs alongside the killed one
+        reference = start(root / "reference", env, device)  # runs alongside the killed one
         victim_dir = root / "killed"
-        victim = start(victim_dir, env)
+        victim = start(victim_dir, env, device)
         started += [reference, victim]
         latest = victim_dir / "online" / "checkpoint" / "latest.json"
         progress = victim_dir / "online" / "progress.jsonl"
@@ -335,7 +338,7 @@ def online_runs(warm_tiny, tmp_path_factory):
             "done": (victim_dir / "online" / "done.json").exists(),
         }
         print(f"killed at {killed_at}")
-        resumed = start(victim_dir, env)
+        resumed = start(victim_dir, env, device)
         started.append(resumed)
         resumed_out, _ = finish(resumed)
         reference_out, _ = finish(reference)

@@ -53,10 +53,13 @@ def key(explored_or_solutions) -> list:
 
 
 @needs_ray
-def test_two_workers_run_the_online_stage_of_one(warm_tiny, tmp_path):
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[
+    pytest.mark.gpu, pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")])])
+def test_two_workers_run_the_online_stage_of_one(warm_tiny, tmp_path, device):
+    """On CUDA each worker holds a GPU of its own, and the driver trains on the first."""
     ray_or_skip()
-    one = run_online(tmp_path / "one", tmp_path / "one.log")
-    two = run_online(tmp_path / "two", tmp_path / "two.log", "runtime.generation_workers=2")
+    one = run_online(tmp_path / "one", tmp_path / "one.log", f"runtime.device={device}")
+    two = run_online(tmp_path / "two", tmp_path / "two.log", f"runtime.device={device}", "runtime.generation_workers=2")
     try:
         for proc, log in ((one, tmp_path / "one.log"), (two, tmp_path / "two.log")):
             proc.wait(timeout=600)
