@@ -7,11 +7,12 @@ import math
 
 import pytest
 import torch
+from conftest import on_each_device
 
 import harness.training.learner as learner_mod
 from harness.models import adapter_state
 from harness.training.dpo_config import DPOConfig
-from harness.training.learner import DPOLearner, NonFiniteLoss, Pair, completion_logps, dpo_loss
+from harness.training.learner import DPOLearner, NonFiniteLoss, Pair, completion_logps, dpo_loss, sequence_sums
 
 
 def cfg(**kw) -> DPOConfig:
@@ -96,6 +97,20 @@ def test_dpo_loss_formula():
     smooth, _ = dpo_loss(pc, pr, rc, rr, beta=0.5, label_smoothing=0.2)
     expected = 0.8 * math.log1p(math.exp(-expected_margin)) + 0.2 * math.log1p(math.exp(expected_margin))
     assert math.isclose(smooth.item(), expected, rel_tol=1e-6)
+
+
+@on_each_device
+def test_sequence_sums_add_in_the_order_of_a_cpu_index_add(device):
+    """Bit for bit, on every device: DPO steps repeat their own bits (a resumed run equals one never stopped)."""
+    gen = torch.Generator().manual_seed(0)
+    lengths = [3, 0, 17, 1, 40]
+    scale = 10.0 ** torch.randint(-4, 5, (sum(lengths),), generator=gen)  # magnitudes at which order shows
+    values = torch.randn(sum(lengths), generator=gen) * scale
+    index = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths))
+    want = torch.zeros(len(lengths)).index_add(0, index, values)
+    assert torch.equal(sequence_sums(values.to(device), lengths).cpu(), want)
+    pairwise = torch.stack([part.sum() for part in values.split(lengths)])
+    assert not torch.equal(pairwise, want)  # another order gives other bits: the test can tell
 
 
 def test_completion_logps_matches_token_by_token_sum(tiny_base):

@@ -68,15 +68,31 @@ def completion_logps(model: torch.nn.Module, prompts: list[list[int]], completio
         ids[row, : len(tokens)] = torch.tensor(tokens)
         mask[row, : len(tokens)] = 1
     # Sequence i's completion token at position t is predicted by the hidden state of its row at t - 1.
-    index = [(i, row_of[i], t - 1, s[t]) for i, (p, s) in enumerate(zip(prompts, seqs)) for t in range(len(p), len(s))]
+    index = [(row_of[i], t - 1, s[t]) for i, (p, s) in enumerate(zip(prompts, seqs)) for t in range(len(p), len(s))]
     if not index:  # only empty completions: each is certain
         return torch.zeros(len(seqs), device=device)
-    seq_index, rows, positions, targets = (torch.tensor(column, device=device) for column in zip(*index))
+    rows, positions, targets = (torch.tensor(column, device=device) for column in zip(*index))
     hidden = model.get_decoder()(input_ids=ids.to(device), attention_mask=mask.to(device),
                                  use_cache=False).last_hidden_state
     logits = model.get_output_embeddings()(hidden[rows, positions]).float()
     token_logps = torch.log_softmax(logits, -1).gather(-1, targets[:, None])[:, 0]
-    return torch.zeros(len(seqs), device=device, dtype=token_logps.dtype).index_add(0, seq_index, token_logps)
+    return sequence_sums(token_logps, [len(c) for c in completions])
+
+
+def sequence_sums(values: torch.Tensor, lengths: list[int]) -> torch.Tensor:
+    """Per sequence, the sum of its `lengths[i]` consecutive values, added one position after another.
+
+    That is the order a CPU `index_add` adds them in, so the sums are its bits; on CUDA `index_add` adds with
+    atomics in whatever order threads finish, and two runs of the same DPO step (a run resumed from a checkpoint
+    and one never stopped) would differ in their last bits. Padding adds exact zeros, which change no sum."""
+    count = torch.tensor(lengths, device=values.device)
+    rows = torch.repeat_interleave(torch.arange(len(lengths), device=values.device), count)
+    columns = torch.cat([torch.arange(n, device=values.device) for n in lengths])
+    padded = values.new_zeros((len(lengths), max(lengths))).index_put((rows, columns), values)
+    total = values.new_zeros(len(lengths))
+    for position in range(padded.shape[1]):
+        total = total + padded[:, position]
+    return total
 
 
 def micro_batches(pairs: list[Pair], max_tokens: int) -> list[list[Pair]]:
