@@ -6,7 +6,10 @@ what they read from it and join the SFT trainers, which synchronise among themse
 
 from __future__ import annotations
 
+import ctypes
 import os
+import signal
+import sys
 import time
 from multiprocessing.queues import Queue
 from pathlib import Path
@@ -40,11 +43,29 @@ def wait_for(path: Path, what: str, timeout_s: float = 7 * 24 * 3600, poll_s: fl
         time.sleep(poll_s)
 
 
-def pin_device(free: Queue, threads: int) -> None:
-    """The first call in a child process that trains on one device: take a device (a CUDA_VISIBLE_DEVICES value)
-    before torch starts CUDA, which reads it only then, and a share of the CPU cores. It lives in this module,
-    which imports nothing heavy, so that a spawned child runs it before importing the libraries."""
+def pin_device(free: Queue, threads: int, parent: int) -> None:
+    """The first call in a child process that trains on one device: end with the `parent` process, then take a
+    device (a CUDA_VISIBLE_DEVICES value) before torch starts CUDA, which reads it only then, and a share of the CPU
+    cores. It lives in this module, which imports nothing heavy, so that a spawned child runs it before importing
+    the libraries."""
+    die_with_parent(parent)
     import torch
 
     os.environ["CUDA_VISIBLE_DEVICES"] = free.get()
     torch.set_num_threads(threads)
+
+
+PR_SET_PDEATHSIG = 1
+"""prctl(2) option: the signal the kernel sends a process when the thread that started it ends."""
+
+
+def die_with_parent(parent: int) -> None:
+    """On Linux, have the kernel SIGKILL this process when `parent` (the process that started it) ends. A run killed
+    during its SFTs cannot tell its children (multiprocessing ends them only on a clean exit): they would train on,
+    holding their GPUs and writing into the run folder where the resumed run trains the same SFTs again.
+    Elsewhere it does nothing."""
+    if not sys.platform.startswith("linux"):
+        return
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # the parent ended before the call: no signal will come
+        os.kill(os.getpid(), signal.SIGKILL)

@@ -7,6 +7,9 @@ import json
 import math
 import os
 import shutil
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -20,6 +23,8 @@ from harness.recipe import RecipeError, load_recipe
 from harness.rundir import RunDir, RunError, write_jsonl
 from harness.stages import compile as compile_stage
 from harness.stages.compile import child_devices, run_compile, visible_gpus
+
+REPO = Path(__file__).resolve().parent.parent
 
 SOURCES = ["flow", "self", "ground_truth"]
 # No warm-up (a random tiny model trains as well as a warm one here) and no trace collection: the SFT sets are
@@ -161,3 +166,42 @@ def test_a_child_sees_the_gpu_its_parent_calls_cuda_n(monkeypatch):
     assert [visible_gpus(d) for d in ("cuda:0", "cuda:2", "cpu")] == ["0", "2", ""]
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,6,7")  # the parent's cuda:1 is the machine's GPU 6
     assert [visible_gpus(d) for d in ("cuda:0", "cuda:1", "cpu")] == ["4", "6", ""]
+
+
+# A parent that trains on one child (pin_device as the compile stage's pool has it) and prints the child's pid.
+PARENT = """
+import multiprocessing, os, time
+from concurrent.futures import ProcessPoolExecutor
+from harness.distributed import pin_device
+context = multiprocessing.get_context("spawn")
+free = context.Queue()
+free.put("")
+with ProcessPoolExecutor(1, mp_context=context, initializer=pin_device, initargs=(free, 1, os.getpid())) as pool:
+    print(pool.submit(os.getpid).result(), flush=True)
+    pool.submit(time.sleep, 120).result()
+"""
+
+
+def running(pid: int) -> bool:
+    """Whether process `pid` still runs (a zombie nobody reaped has ended)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] not in ("Z", "X")
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the kernel's parent-death signal is Linux's")
+def test_an_sft_child_ends_when_its_parent_is_killed():
+    """A run killed during the SFTs leaves no child training on: it would hold its GPU, and write its adapter into
+    the folder that the resumed run trains the same SFT in."""
+    parent = subprocess.Popen([sys.executable, "-c", PARENT], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        child = int(parent.stdout.readline())
+        assert running(child)
+    finally:
+        parent.kill()
+        parent.wait()
+    deadline = time.monotonic() + 10
+    while running(child):
+        assert time.monotonic() < deadline, "the SFT child outlived its killed parent"
+        time.sleep(0.05)

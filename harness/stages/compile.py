@@ -271,7 +271,8 @@ def train_in_children(recipe: Recipe, sets: dict[str, list[dict]], folder: Path,
     threads = max(1, (os.cpu_count() or 1) // children)  # CPU children share the cores rather than oversubscribe
     bar = Progress("compile", len(sets), "SFT")
     errors: dict[str, BaseException] = {}
-    with ProcessPoolExecutor(children, mp_context=context, initializer=pin_device, initargs=(free, threads)) as pool:
+    with ProcessPoolExecutor(children, mp_context=context, initializer=pin_device,
+                             initargs=(free, threads, os.getpid())) as pool:
         jobs = {pool.submit(sft_in_child, recipe, ex, folder / f"sft-{source}"): source for source, ex in sets.items()}
         for job in as_completed(jobs):
             source = jobs[job]
