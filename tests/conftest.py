@@ -16,9 +16,16 @@ torch.set_num_threads(1)
 # Tests that run on each device: the CPU in every run, CUDA under `-m gpu` (tox -e gpu) on a machine that has it.
 # The CUDA case runs the same assertions: reads equal a plain forward, continuous equals phased, a killed run
 # resumes to the uninterrupted one's bits, so a GPU machine checks what CI can only check on the CPU.
-DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
-                                                                                  reason="no CUDA device")])]
+CUDA = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")]
+DEVICES = ["cpu", pytest.param("cuda", marks=CUDA)]
 on_each_device = pytest.mark.parametrize("device", DEVICES)
+
+
+def on_cuda(test):
+    """A test of the CUDA paths only: it runs under `-m gpu`, and is skipped where no CUDA device is."""
+    for mark in CUDA:
+        test = mark(test)
+    return test
 
 OFFLINE_ENV = {
     "OMP_NUM_THREADS": "1",

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import on_cuda
 from safetensors.torch import load_file
 
 from harness.families import family_tokenizer
@@ -94,8 +95,7 @@ def test_sfts_on_two_cpu_processes_equal_those_one_after_another(sequential, tmp
         assert summary["sft"][source]["steps"] == 2
 
 
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@on_cuda
 def test_sfts_train_in_a_child_process_on_the_gpu(sequential, tmp_path, monkeypatch):
     run = tmp_path / "run"
     write_sets(run)
@@ -205,3 +205,22 @@ def test_an_sft_child_ends_when_its_parent_is_killed():
     while running(child):
         assert time.monotonic() < deadline, "the SFT child outlived its killed parent"
         time.sleep(0.05)
+
+
+def test_a_child_that_cannot_ask_to_end_with_its_parent_says_so(monkeypatch, capsys):
+    import ctypes
+
+    from harness.distributed import die_with_parent
+
+    class NoPrctl:
+        def __init__(self, *args, **kwargs) -> None:
+            pass
+
+        def prctl(self, *args) -> int:
+            ctypes.set_errno(1)
+            return -1
+
+    monkeypatch.setattr(ctypes, "CDLL", NoPrctl)
+    monkeypatch.setattr(sys, "platform", "linux")
+    die_with_parent(os.getppid())  # this process's parent is alive: it goes on
+    assert "will not end with its parent (prctl: Operation not permitted)" in capsys.readouterr().err

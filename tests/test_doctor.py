@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from conftest import on_cuda
 
 from harness.cli import main as cli_main
 from harness.doctor import recipe_shape
@@ -42,8 +43,7 @@ def test_doctor_checks_run_on_the_stand_in(capsys, warm_tiny):
     assert projection["dpo_steps"] == 8 * 2 * 5 // 4  # 8 rehearsed questions, 2 agents, 5 nodes, 4 pairs a step
 
 
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@on_cuda
 def test_on_a_gpu_doctor_reads_its_memory_and_the_dpo_steps_peak(capsys, warm_tiny):
     assert cli_main(["doctor", "tiny", "runtime.device=cuda", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)

@@ -85,9 +85,8 @@ def sequence_sums(values: torch.Tensor, lengths: list[int]) -> torch.Tensor:
     That is the order a CPU `index_add` adds them in, so the sums are its bits; on CUDA `index_add` adds with
     atomics in whatever order threads finish, and two runs of the same DPO step (a run resumed from a checkpoint
     and one never stopped) would differ in their last bits. Padding adds exact zeros, which change no sum."""
-    count = torch.tensor(lengths, device=values.device)
-    rows = torch.repeat_interleave(torch.arange(len(lengths), device=values.device), count)
-    columns = torch.cat([torch.arange(n, device=values.device) for n in lengths])
+    rows = torch.tensor([s for s, n in enumerate(lengths) for _ in range(n)], device=values.device)
+    columns = torch.tensor([t for n in lengths for t in range(n)], device=values.device)
     padded = values.new_zeros((len(lengths), max(lengths))).index_put((rows, columns), values)
     total = values.new_zeros(len(lengths))
     for position in range(padded.shape[1]):
