@@ -1,4 +1,4 @@
-"""Tests for harness.evaluation.lm_eval: offline lm-eval tasks, result records, scoring, and the silent-LoRA guard.
+"""Tests for harness.evaluation.lm_eval: offline lm-eval tasks, result records, scoring, and the adapter check.
 
 Everything runs offline on the in-process tiny model (random weights, so its scores are 0; scoring itself is
 checked with a scripted lm-eval LM that answers with the gold solution, a wrong number, or no `####`).
@@ -18,11 +18,11 @@ import torch
 
 from harness.evaluation.lm_eval import (
     HARNESS_TASKS,
-    SilentAdapterError,
+    DroppedAdapterError,
     _task_manager,
     _vllm_model_args,
     build_lm,
-    check_adapter_applied,
+    check_adapter,
     evaluate_model,
     needs_builtin_tasks,
     render_tasks,
@@ -184,28 +184,65 @@ def random_lora(model: torch.nn.Module) -> torch.nn.Module:
     return peft_model.eval()
 
 
-def test_silent_adapter_guard(base_run: tuple[Path, dict], tmp_path: Path) -> None:
+def save_lora(peft_model: torch.nn.Module, folder: Path, scale: float | None = None) -> Path:
+    """Save the PeftModel's adapter to `folder`, its lora_B multiplied by `scale` first (0: a zeroed adapter)."""
+    peft_model.save_pretrained(folder)
+    saved = folder / "adapter_model.safetensors"
+    if scale is not None:
+        from safetensors.torch import load_file, save_file
+
+        weights = load_file(saved)
+        save_file({k: v * scale if "lora_B" in k else v for k, v in weights.items()}, saved)
+    return folder
+
+
+def test_adapter_check_passes_an_applied_adapter_and_stops_a_dropped_one(base_run, tmp_path: Path) -> None:
     out, _ = base_run
     model, tok = tiny()
     peft_model = random_lora(model)
+    adapter = save_lora(peft_model, tmp_path / "saved")
     evaluate_model(peft_model, tok, ARITH_CFG, tmp_path, "lora")
-    assert check_adapter_applied(out / "base", tmp_path / "lora") > 0
+    record = check_adapter(out / "base", tmp_path / "lora", adapter)
+    assert record["differing"] > 0 and record["probe_change"] > 0 and record["lora_b_norm"] > 0
+    assert "warning" not in record
 
     with peft_model.disable_adapter():  # the silent failure: the adapter is there but not used
         evaluate_model(peft_model, tok, ARITH_CFG, tmp_path, "lora_disabled")
-    with pytest.raises(SilentAdapterError, match="same text as the base model"):
-        check_adapter_applied(out / "base", tmp_path / "lora_disabled")
-    with pytest.raises(SilentAdapterError):
-        check_adapter_applied(out / "base", out / "base")
+    with pytest.raises(DroppedAdapterError, match="did not reach the evaluated model"):
+        check_adapter(out / "base", tmp_path / "lora_disabled", adapter)  # weights fine, but never applied
+    with pytest.raises(DroppedAdapterError, match="did not reach"):
+        check_adapter(out / "base", out / "base")
+
+    zeroed = save_lora(random_lora(tiny()[0]), tmp_path / "zeroed", scale=0.0)
+    with pytest.raises(DroppedAdapterError, match="every lora_B weight is zero"):
+        check_adapter(out / "base", tmp_path / "lora", zeroed)
 
     merged = peft_model.merge_and_unload()  # a merged model is just a transformers model
     evaluate_model(merged, tok, ARITH_CFG, tmp_path, "merged")
-    assert check_adapter_applied(out / "base", tmp_path / "merged") > 0
+    assert check_adapter(out / "base", tmp_path / "merged")["differing"] > 0
     texts = [[s["resps"] for s in read_samples(tmp_path / r / "arith" / "samples.jsonl")] for r in ("lora", "merged")]
     assert texts[0] == texts[1]
 
     with pytest.raises(ValueError, match="no samples in common"):
-        check_adapter_applied(out / "base", tmp_path / "nothing_here")
+        check_adapter(out / "base", tmp_path / "nothing_here")
+
+
+def test_an_adapter_that_changes_no_greedy_answer_is_a_warning(base_run, tmp_path: Path) -> None:
+    """Weights and probe show an applied adapter; the same greedy text on every sample is reported, not stopped."""
+    import shutil
+
+    out, _ = base_run
+    weak = tmp_path / "weak"
+    shutil.copytree(out / "base", weak)  # every generated text is the base's
+    probe = json.loads((weak / "probe.json").read_text())
+    (weak / "probe.json").write_text(json.dumps([probe[0] - 1e-3, *probe[1:]]))
+    adapter = save_lora(random_lora(tiny()[0]), tmp_path / "adapter", scale=1e-3)
+    record = check_adapter(out / "base", weak, adapter)
+    shared = record["shared"]
+    assert record["differing"] == 0 and shared == sum(LIMITS.values())
+    assert 0 < record["probe_change"] <= 1e-3 and 0 < record["lora_b_norm"]
+    assert f"generated the base model's text on all {shared} shared samples" in record["warning"]
+    assert f"lora_B norm {record['lora_b_norm']:.3g}" in record["warning"]
 
 
 def test_saved_model_and_adapter_folders(base_run: tuple[Path, dict], tmp_path: Path) -> None:
@@ -217,7 +254,7 @@ def test_saved_model_and_adapter_folders(base_run: tuple[Path, dict], tmp_path: 
     peft_model.save_pretrained(tmp_path / "adapter")
     evaluate_model(peft_model, tok, ARITH_CFG, tmp_path, "in_memory")
     evaluate_model(tmp_path / "base_model", tok, ARITH_CFG, tmp_path, "folders", adapter_path=tmp_path / "adapter")
-    assert check_adapter_applied(base_run[0] / "base", tmp_path / "folders") > 0
+    assert check_adapter(base_run[0] / "base", tmp_path / "folders", tmp_path / "adapter")["differing"] > 0
     texts = [read_samples(tmp_path / r / "arith" / "samples.jsonl") for r in ("in_memory", "folders")]
     assert [s["resps"] for s in texts[0]] == [s["resps"] for s in texts[1]]
 

@@ -49,8 +49,8 @@ def finished(tmp_path_factory) -> Path:
 
 
 # The harness's own console lines: progress lines of its stages, the stage table, the paths.
-OWN_LINE = re.compile(r"^(run folder: |report: |logs: |stage +status|-+ +-+|(baseline|online|compile|evaluate|report)"
-                      r"( |/)|sft-\w+ )")
+OWN_LINE = re.compile(r"^(run folder: |report: |logs: |warning: |stage +status|-+ +-+"
+                      r"|(baseline|online|compile|evaluate|report)( |/)|sft-\w+ )")
 
 
 def test_console_shows_the_harness_and_the_logs_hold_the_libraries(finished):

@@ -8,7 +8,9 @@ the same epochs and adapters as one never killed.
 
 The kills are deterministic: the victim runs `harness.cli.main` with `save_checkpoint` patched to SIGKILL its own
 process when a chosen checkpoint is about to be written (the one before it is then the latest, and the lines after
-that one are on disk, to be dropped and recomputed). Every run of the module starts at once (2 cores stay busy).
+that one are on disk, to be dropped and recomputed). Which questions step the optimizer depends on the machine's
+float rounding, so each victim starts once its reference has finished the online stage, and is killed after the
+first checkpoint that the reference shows with steps on both sides (and pairs queued, where steps take several).
 """
 
 from __future__ import annotations
@@ -33,19 +35,20 @@ from harness.rundir import read_jsonl
 REPO = Path(__file__).resolve().parent.parent
 RECIPES = ["mcts-dpo-tiny", "scdpo-tiny", "naive-dpo-tiny"]
 STRATEGY = {"mcts-dpo-tiny": "mcts_dpo", "scdpo-tiny": "step_controlled", "naive-dpo-tiny": "naive_dpo"}
-QUESTIONS = 8
-FIRST_CHECKPOINT = 4  # the recipes' checkpoint_every (question_batch is 4 too)
-# The recipes' compile and eval sizes are kept: with fewer prompts an SFT adapter may change no greedy answer of
-# the tiny model, which the evaluate stage rejects as an adapter not applied.
-SMALL = [f"online.questions={QUESTIONS}", f"data.train.limit={QUESTIONS}"]
-# With these settings every recipe steps its optimizer both before and after the first checkpoint (asserted below,
-# so that a change of the recipes or of a strategy cannot make the resume test vacuous): naive DPO and SCDPO step on
-# every pair, naive DPO from 8 samples a question (with 4, whole groups may give no pair); MCTS-DPO, which makes
-# pairs on every question, steps on every 3, so that pairs wait in the learner's queue across the checkpoint.
+QUESTIONS = 12
+EVERY = 2  # checkpoint_every and question_batch: five checkpoints inside the stream to choose the kill from
+# The recipes' compile and eval sizes are kept, so that their SFT sets are the ones the recipes were sized for.
+SMALL = [f"online.questions={QUESTIONS}", f"data.train.limit={QUESTIONS}", f"online.question_batch={EVERY}",
+         f"online.checkpoint_every={EVERY}"]
+# Steps on many questions, so that some checkpoint has steps on both sides (asserted, so that a change of the recipes
+# or of a strategy cannot make the resume test vacuous): naive DPO and SCDPO step on every pair, naive DPO from 8
+# samples a question (with 4, whole groups may give no pair); MCTS-DPO, which makes pairs on every question, steps on
+# every 3, so that pairs wait in the learner's queue across the checkpoint.
 EXTRA = {"mcts-dpo-tiny": ["online.dpo.batch_pairs=3"], "scdpo-tiny": ["online.dpo.batch_pairs=1"],
          "naive-dpo-tiny": ["online.strategy.samples=8", "online.dpo.batch_pairs=1"]}
-# Seed 1 gives SCDPO 9 pairs over the 8 questions: three steps of at most 4 pairs in each epoch.
-EPOCHS = ["online.dpo.update=after_stream", "online.dpo.epochs=2", "online.seed=1"]
+# SCDPO trained after the stream in steps of 2 pairs: more than one step an epoch once the stream makes 3 pairs.
+EPOCH_BATCH = 2
+EPOCHS = ["online.dpo.update=after_stream", "online.dpo.epochs=2", f"online.dpo.batch_pairs={EPOCH_BATCH}"]
 EVAL_MODELS = {"base", "online-policy", "sft-flow", "sft-self", "sft-ground_truth"}
 
 # `python -c KILL_AT position epochs harness-args...`: the harness CLI, killed with SIGKILL when the checkpoint at
@@ -94,41 +97,64 @@ def killed_state(folder: Path) -> dict:
             "done": (online / "done.json").exists()}
 
 
+def split_checkpoint(lines: list[dict], batch_pairs: int) -> int:
+    """The first checkpoint with optimizer steps before and after it and, where a step takes several pairs, pairs
+    waiting in the learner's queue there: a resume at it restores an optimizer's state and a queue, and uses both."""
+    stepped = [line["index"] for line in lines if line["updates"]]
+    for position in range(EVERY, len(lines), EVERY):
+        early = lines[:position]
+        queued = (sum(line["pairs"]["policy"] for line in early)
+                  - sum(step["pairs"] for line in early for step in line["updates"].get("policy", [])))
+        if min(stepped, default=position) < position <= max(stepped, default=-1) and (batch_pairs == 1 or queued):
+            return position
+    raise AssertionError(f"no checkpoint has optimizer steps on both sides (steps at questions {stepped}, "
+                         f"{batch_pairs} pairs a step): the settings must give more steps")
+
+
+def batch_pairs(run: Path) -> int:
+    return yaml.safe_load((run / "recipe.yaml").read_text())["online"]["dpo"]["batch_pairs"]
+
+
 @pytest.fixture(scope="module")
 def runs(warm_tiny, tmp_path_factory) -> dict:
-    """Per recipe: `reference`, a finished `harness reproduce`; `killed`, a `harness run online` killed before its
-    second checkpoint and resumed (`killed_at`: what the kill left). Under `epochs`: the same for scdpo-tiny trained
-    after the stream, the victim killed before its epoch-2 checkpoint."""
+    """Per recipe: `reference`, a finished `harness reproduce`; `killed`, a `harness run online` killed as it was
+    about to write the checkpoint after the reference's first split checkpoint, and resumed (`killed_at`: what the
+    kill left). Under `epochs`: the same for scdpo-tiny trained after the stream, the victim killed before its
+    epoch-2 checkpoint. References start at once; each victim starts when its kill point is known."""
     root = tmp_path_factory.mktemp("strategy-runs")
-    jobs = {}  # key -> (reference cli args, victim cli args, kill point)
+    jobs = {}  # key -> (reference cli args, victim cli args, kill point or None: read off the reference)
     for recipe in RECIPES:
         jobs[recipe] = (["reproduce", recipe, "--run-dir", str(root / recipe / "reference"), *args(recipe)],
-                        ["run", "online", recipe, "--run-dir", str(root / recipe / "killed"), *args(recipe)],
-                        (2 * FIRST_CHECKPOINT, 0))
+                        ["run", "online", recipe, "--run-dir", str(root / recipe / "killed"), *args(recipe)], None)
     epoch_args = [*SMALL, *EPOCHS]
     jobs["epochs"] = (["run", "online", "scdpo-tiny", "--run-dir", str(root / "epochs" / "reference"), *epoch_args],
                       ["run", "online", "scdpo-tiny", "--run-dir", str(root / "epochs" / "killed"), *epoch_args],
                       (QUESTIONS, 2))
+    out = {key: {"reference": root / key / "reference", "killed": root / key / "killed"} for key in jobs}
     procs: list[subprocess.Popen] = []
     try:
-        references, victims = {}, {}
-        for key, (ref_args, victim_args, kill_at) in jobs.items():
-            references[key] = launch(ref_args, root / key / "reference.log")
-            victims[key] = launch(victim_args, root / key / "killed.log", kill_at)
-            procs += [references[key], victims[key]]
-        out = {key: {"reference": root / key / "reference", "killed": root / key / "killed"} for key in jobs}
-        resumed = {}
-        deadline = time.monotonic() + 600
-        while len(resumed) < len(victims):  # resume each victim as soon as it is dead
-            for key, victim in victims.items():
-                if key in resumed or victim.poll() is None:
-                    continue
-                log = root / key / "killed.log"
-                assert victim.returncode == -signal.SIGKILL, f"{key}: not killed:\n{log.read_text()[-3000:]}"
-                out[key]["killed_at"] = killed_state(out[key]["killed"])
-                resumed[key] = launch(jobs[key][1], root / key / "resumed.log")
-                procs.append(resumed[key])
-            assert time.monotonic() < deadline, "a victim was not killed within 600 s"
+        references = {key: launch(job[0], root / key / "reference.log") for key, job in jobs.items()}
+        procs += references.values()
+        victims, resumed = {}, {}
+        deadline = time.monotonic() + 900
+        while len(resumed) < len(jobs):
+            for key, (_, victim_args, kill_at) in jobs.items():
+                online = out[key]["reference"] / "online"
+                if key not in victims and (kill_at or (online / "done.json").is_file()):
+                    if kill_at is None:
+                        split = split_checkpoint(read_jsonl(online / "progress.jsonl"), batch_pairs(online.parent))
+                        out[key]["split"], kill_at = split, (split + EVERY, 0)
+                    victims[key] = launch(victim_args, root / key / "killed.log", kill_at)
+                    procs.append(victims[key])
+                elif key in victims and key not in resumed and victims[key].poll() is not None:
+                    log = root / key / "killed.log"
+                    assert victims[key].returncode == -signal.SIGKILL, f"{key}: not killed:\n{log.read_text()[-3000:]}"
+                    out[key]["killed_at"] = killed_state(out[key]["killed"])
+                    resumed[key] = launch(victim_args, root / key / "resumed.log")
+                    procs.append(resumed[key])
+                if references[key].poll() not in (None, 0):
+                    wait_ok(references[key], root / key / "reference.log")
+            assert time.monotonic() < deadline, "the runs did not reach their kills within 900 s"
             time.sleep(0.1)
         for key in jobs:
             wait_ok(resumed[key], root / key / "resumed.log")
@@ -239,20 +265,12 @@ def assert_same_ending(ref: Path, killed: Path, checkpoint: str) -> None:
 
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_killed_online_run_resumes_to_the_uninterrupted_one(runs, recipe):
-    ref, killed = runs[recipe]["reference"], runs[recipe]["killed"]
-    # killed as it was about to write its second checkpoint: the second group's lines are on disk, to be redone
+    ref, killed, split = runs[recipe]["reference"], runs[recipe]["killed"], runs[recipe]["split"]
+    # killed as it was about to write the checkpoint after the split one: the lines since that one are on disk
     assert runs[recipe]["killed_at"] == {
-        "latest": {"checkpoint": f"ckpt-{FIRST_CHECKPOINT:06d}", "position": FIRST_CHECKPOINT},
-        "lines": QUESTIONS, "epochs": 0, "done": False}
-    lines = read_jsonl(ref / "online" / "progress.jsonl")
-    stepped = [line["index"] for line in lines if line["updates"]]
-    assert any(i < FIRST_CHECKPOINT for i in stepped) and any(i >= FIRST_CHECKPOINT for i in stepped), (
-        f"the settings must give optimizer steps before and after the checkpoint: {stepped}")
-    if yaml.safe_load((ref / "recipe.yaml").read_text())["online"]["dpo"]["batch_pairs"] > 1:
-        early = lines[:FIRST_CHECKPOINT]
-        queued = (sum(line["pairs"]["policy"] for line in early)
-                  - sum(step["pairs"] for line in early for step in line["updates"].get("policy", [])))
-        assert queued > 0, "the settings must leave pairs queued at the checkpoint"
+        "latest": {"checkpoint": f"ckpt-{split:06d}", "position": split},
+        "lines": split + EVERY, "epochs": 0, "done": False}
+    assert split_checkpoint(read_jsonl(ref / "online" / "progress.jsonl"), batch_pairs(ref)) == split
     assert_same_ending(ref, killed, f"ckpt-{QUESTIONS:06d}")
 
 
@@ -262,12 +280,12 @@ def test_after_stream_epochs_and_resume_between_them(runs):
     assert len(lines) == QUESTIONS
     assert all(line["updates"] == {} for line in lines)  # after_stream: no step while the stream runs
     pairs = sum(line["pairs"]["policy"] for line in lines)
-    assert pairs > 4, "the settings must give more than one step per epoch"
+    assert pairs > EPOCH_BATCH, "the settings must give more than one step per epoch"
     epochs = read_jsonl(ref / "online" / "epochs.jsonl")
     assert [e["epoch"] for e in epochs] == [0, 1]
     for epoch in epochs:
         steps = epoch["updates"]["policy"]
-        assert [s["pairs"] for s in steps] == [min(4, pairs - i) for i in range(0, pairs, 4)]  # batch_pairs 4
+        assert [s["pairs"] for s in steps] == [min(EPOCH_BATCH, pairs - i) for i in range(0, pairs, EPOCH_BATCH)]
         assert isinstance(epoch["seconds"], float)
     assert epochs[0]["updates"] != epochs[1]["updates"]  # the second pass starts from the first one's weights
     # killed before the epoch-2 checkpoint: epoch 2's line is on disk, its checkpoint is not

@@ -5,11 +5,13 @@ lm-eval numbers. This module only (1) renders the offline task templates of harn
 absolute paths (lm-eval resolves relative data paths against the working directory), (2) runs one `simple_evaluate` per
 recipe task (few-shot and limit are per call in lm-eval), (3) keeps lm-eval's full results JSON and per-sample
 logs, and (4) returns a compact record where every number carries its task version, filter, n-shot and whether
-the chat template was applied. `check_adapter_applied` guards against the known failure where a LoRA is silently
-ignored and the "fine-tuned" model scores exactly like the base.
+the chat template was applied. `check_adapter` guards against the known failure where a LoRA is silently ignored
+and the "fine-tuned" model scores exactly like the base: it reads the adapter's weights and a fixed probe's
+log-likelihood through the evaluating LM, not the greedy answers, which a weak adapter may rightly leave unchanged.
 
 Layout written: out_dir/<label>/<task>/results.json, out_dir/<label>/<task>/samples.jsonl,
-out_dir/<label>/records.json (the compact records) and out_dir/<label>/_lm_eval_tasks/ (the rendered YAMLs).
+out_dir/<label>/records.json (the compact records), out_dir/<label>/probe.json (the probe's log-likelihoods) and
+out_dir/<label>/_lm_eval_tasks/ (the rendered YAMLs).
 """
 
 from __future__ import annotations
@@ -35,10 +37,6 @@ HARNESS_TASKS: frozenset[str] = frozenset(p.stem for p in TASKS_DIR.glob("*.yaml
 RENDERED_DIRNAME = "_lm_eval_tasks"
 VLLM_LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
-
-
-class SilentAdapterError(RunError):
-    """An adapter model generated exactly what the base model generated on every sample: the LoRA was ignored."""
 
 
 # ------------------------------------------------------------------------------------------------ tasks
@@ -238,6 +236,7 @@ def evaluate_model(
     rendered = render_tasks(run_dir / RENDERED_DIRNAME)
     manager = _task_manager(cfg.tasks, rendered)
     lm = build_lm(model, tokenizer, cfg, adapter_path, engine_args)
+    probe = read_probe(lm)
     gen_kwargs = {"max_gen_toks": cfg.max_gen_toks} if cfg.max_gen_toks is not None else None
     records: dict[str, dict] = {}
     for task in cfg.tasks:
@@ -259,6 +258,8 @@ def evaluate_model(
         _write_task_outputs(run_dir / task.name, results)
         if on_task is not None:
             on_task(task.name)
+    if probe is not None:
+        (run_dir / PROBE_FILE).write_text(json.dumps(probe) + "\n", encoding="utf-8")
     (run_dir / "records.json").write_text(json.dumps(records, indent=2) + "\n", encoding="utf-8")
     close_lm(lm)
     return records
@@ -274,6 +275,41 @@ def close_lm(lm: Any) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ guard
+PROBE_FILE = "probe.json"
+# Fixed (context, continuation) pairs whose log-likelihood every evaluated model reads through the LM that scores its
+# tasks. Plain ASCII, so that every tokenizer (the stand-ins' character vocabularies included) encodes them.
+PROBE: tuple[tuple[str, str], ...] = (
+    ("Question: Tom has 12 apples and buys 7 more. How many apples does he have?\nAnswer:",
+     " 12 + 7 = 19. The answer is: 19"),
+    ("Question: What is 6 times 8, minus 5?\nAnswer:", " 6 * 8 = 48. 48 - 5 = 43. The answer is: 43"),
+)
+
+
+class DroppedAdapterError(RunError):
+    """An adapter whose weights are all zero, or whose weights never reached the model that was evaluated."""
+
+
+def read_probe(lm: Any) -> list[float] | None:
+    """lm-eval's log-likelihood of each PROBE continuation through `lm` (and the LoRA request it sends); None for an
+    LM that reads no log-likelihoods (an API model)."""
+    from lm_eval.api.instance import Instance
+
+    requests = [Instance(request_type="loglikelihood", doc={}, arguments=pair, idx=i) for i, pair in enumerate(PROBE)]
+    try:
+        return [float(logp) for logp, _ in lm.loglikelihood(requests, disable_tqdm=True)]
+    except NotImplementedError:
+        return None
+
+
+def lora_b_norm(adapter_path: Path) -> float:
+    """The Frobenius norm of an adapter's lora_B weights (zero-initialised by peft: zero until trained)."""
+    from safetensors.torch import load_file
+
+    weights = load_file(Path(adapter_path) / "adapter_model.safetensors")
+    up = [w for key, w in weights.items() if "lora_B" in key] or list(weights.values())
+    return float(sum(float(w.double().pow(2).sum()) for w in up) ** 0.5)
+
+
 def _generations(run_dir: Path) -> dict[tuple[str, str, int], str]:
     """(task folder, lm-eval task, doc_id) -> the raw generated text(s) of that sample."""
     out: dict[tuple[str, str, int], str] = {}
@@ -288,25 +324,55 @@ def _generations(run_dir: Path) -> dict[tuple[str, str, int], str]:
     return out
 
 
-def check_adapter_applied(base_samples_dir: Path, adapter_samples_dir: Path) -> int:
-    """Raise SilentAdapterError if the adapter run generated exactly the base run's text on every shared sample.
+def _probe_change(base_dir: Path, adapter_dir: Path) -> float | None:
+    """The largest relative change of a probe log-likelihood from the base's (None where either has no probe)."""
+    files = [Path(d) / PROBE_FILE for d in (base_dir, adapter_dir)]
+    if not all(f.is_file() for f in files):
+        return None
+    base, adapted = (json.loads(f.read_text(encoding="utf-8")) for f in files)
+    return max(abs(a - b) / max(1.0, abs(b)) for a, b in zip(adapted, base, strict=True))
 
-    Works on the saved samples.jsonl files (out_dir/<label>/<task>/samples.jsonl), so it holds for any backend.
-    Returns how many shared samples differ.
+
+def check_adapter(base_dir: Path, adapter_dir: Path, adapter_path: Path | None = None) -> dict:
+    """Check that an evaluated adapter was trained and reached the model; say how much its greedy answers moved.
+
+    Raises DroppedAdapterError when the adapter's lora_B weights are all zero, or when the probe log-likelihoods
+    read through the evaluating LM equal the base model's (the adapter was disabled, not loaded, or dropped by the
+    backend). An adapter that changes no greedy answer is not an error (a short SFT can honestly leave every
+    answer as it was): the returned record carries a `warning` with the numbers, for the log and the report.
+    `base_dir` and `adapter_dir` are evaluation folders (out_dir/<label>, as evaluate_model writes them).
     """
-    base, adapted = _generations(Path(base_samples_dir)), _generations(Path(adapter_samples_dir))
+    base, adapted = _generations(Path(base_dir)), _generations(Path(adapter_dir))
     shared = sorted(base.keys() & adapted.keys())
     if not shared:
-        raise ValueError(
-            f"no samples in common between {base_samples_dir} and {adapter_samples_dir}: "
-            "evaluate both with the same tasks and limits"
-        )
-    differing = sum(base[k] != adapted[k] for k in shared)
-    if differing == 0:
-        tasks = sorted({k[0] for k in shared})
-        raise SilentAdapterError(
-            f"{adapter_samples_dir} generated exactly the same text as the base model {base_samples_dir} on all "
-            f"{len(shared)} shared samples (tasks: {', '.join(tasks)}): the adapter was most likely not applied "
-            "(disabled, not loaded, zero-initialised, or a backend that dropped the LoRA request)"
-        )
-    return differing
+        raise ValueError(f"no samples in common between {base_dir} and {adapter_dir}: "
+                         "evaluate both with the same tasks and limits")
+    record: dict[str, Any] = {"shared": len(shared), "differing": sum(base[k] != adapted[k] for k in shared),
+                              "lora_b_norm": None, "probe_change": _probe_change(base_dir, adapter_dir)}
+    if adapter_path is not None:
+        record["lora_b_norm"] = lora_b_norm(adapter_path)
+        if record["lora_b_norm"] == 0.0:
+            raise DroppedAdapterError(f"{adapter_path}: every lora_B weight is zero, so this adapter is the base "
+                                      "model: its training made no update, or the weights were zeroed")
+    # The same weights read through the same kernels give the same bits, so a dropped adapter reads the base's
+    # numbers exactly, and any trained one moves them. (Where the two engines differ, as 16-bit GPU kernels with and
+    # without LoRA support may, a dropped adapter can pass here; the weight check above still stands.)
+    if record["probe_change"] == 0.0:
+        raise DroppedAdapterError(
+            f"{adapter_dir} read the probe log-likelihoods exactly as the base model {base_dir} did: the adapter's "
+            "weights did not reach the evaluated model (disabled, not loaded, or a backend that dropped the LoRA "
+            "request)")
+    if record["differing"] == 0:
+        record["warning"] = (
+            f"{Path(adapter_dir).name} generated the base model's text on all {record['shared']} shared samples: "
+            f"the adapter is applied (probe log-likelihood changed by {_relative(record['probe_change'])}, "
+            f"lora_B norm {_norm(record['lora_b_norm'])}) but too weak to change a greedy answer")
+    return record
+
+
+def _relative(change: float | None) -> str:
+    return "an unread amount" if change is None else f"{100 * change:.2g}% relative"
+
+
+def _norm(value: float | None) -> str:
+    return "unread" if value is None else f"{value:.3g}"

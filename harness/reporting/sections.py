@@ -106,6 +106,12 @@ def section_progressive(
     return data, blocks
 
 
+def adapter_check_notes(checks: dict[str, dict]) -> list[Block]:
+    """The evaluate stage's findings on its adapters (one too weak to change a greedy answer, one never trained)."""
+    warnings = [check["warning"] for check in checks.values() if check.get("warning")]
+    return [("p", "Adapter checks:"), ("list", warnings)] if warnings else []
+
+
 def section_table1(run: Run, paper: Paper | None, model: str | None, out: Path) -> tuple[dict, list[Block]]:
     blocks: list[Block] = [("h", 2, "Table 1: SFT on traces from each source")]
     models = run.eval_records()
@@ -233,6 +239,8 @@ def section_table1(run: Run, paper: Paper | None, model: str | None, out: Path) 
             )
     blocks.append(("p", "Exact evaluation settings under each number:"))
     blocks.append(("table", headers, rows))
+    data["adapter_checks"] = (run.done.get("evaluate") or {}).get("adapter_checks", {})
+    blocks += adapter_check_notes(data["adapter_checks"])
     plot_table1(data, out / "table1.png")
     blocks.append(("img", "table1.png", "Table 1"))
     return data, blocks

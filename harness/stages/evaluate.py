@@ -4,9 +4,10 @@ strategy (MCTS-DPO, SCDPO, naive DPO), on its online-trained policy (`online-pol
 Every model is evaluated from saved weights, the way lm-eval loads them: the base model's folder (or hub id) and,
 for an SFT model, its adapter folder (`peft=` for hf, a LoRA request for vllm). No second in-memory copy is
 made, and the generation engine is closed before this stage, so the evaluating engine has the device to itself.
-The base model is evaluated first; each SFT adapter's per-sample outputs are then checked against it, so an adapter
-that was silently not applied (outputs identical on every sample) stops the run instead of reporting base scores
-(not the online policy's: a short stream may rightly leave every greedy answer as it was).
+The base model is evaluated first; each adapter is then checked against it (`check_adapter`): all-zero weights, or a
+probe read exactly as the base read it, stop the run instead of reporting base scores as the adapter's; an adapter
+that changes no greedy answer is reported with its numbers (`adapter_checks` in done.json), not stopped. An online
+policy that never stepped (a stream that made no pair) is reported the same way: its zero weights are what it learnt.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ from __future__ import annotations
 import json
 import time
 
-from harness.console import Progress
-from harness.evaluation.lm_eval import check_adapter_applied, evaluate_model
+from harness.console import Progress, say
+from harness.evaluation.lm_eval import check_adapter, evaluate_model, lora_b_norm
 from harness.generation.engine import vllm_engine_kwargs
 from harness.models import free_memory, saved_model_folder
 from harness.recipe import Recipe
@@ -51,7 +52,7 @@ def run_evaluate(recipe: Recipe, run: RunDir) -> dict:
             if result.get("adapter"):
                 adapters[f"sft-{source}"] = result["adapter"]
     base = saved_model_folder(recipe.model)
-    models = {}
+    models, checks = {}, {}
     tasks = len(recipe.eval.tasks)
     finished = [label for label in adapters if (folder / label / "records.json").is_file()]
     shown = Progress("evaluate", len(adapters) * tasks, "task", initial=len(finished) * tasks)
@@ -62,10 +63,21 @@ def run_evaluate(recipe: Recipe, run: RunDir) -> dict:
                            engine_args=engine_args(recipe),
                            on_task=lambda task, label=label: shown.update(1, model=label, task=task))
             free_memory()
-        if adapter is not None and label != "online-policy":  # few online steps may leave greedy answers as they were
-            check_adapter_applied(folder / "base", folder / label)
+        if adapter is not None:
+            checks[label] = _checked(folder, label, adapter)
         models[label] = list(json.loads(done.read_text()).values())
     shown.close()
-    summary = {"models": models, "seconds": time.perf_counter() - start}
+    for check in checks.values():
+        if check.get("warning"):
+            say(f"warning: {check['warning']}")
+    summary = {"models": models, "adapter_checks": checks, "seconds": time.perf_counter() - start}
     run.mark_done(STAGE, summary)
     return summary
+
+
+def _checked(folder, label: str, adapter: str) -> dict:
+    """check_adapter's record for one evaluated adapter; an online policy that never stepped is a finding."""
+    if label == "online-policy" and lora_b_norm(adapter) == 0.0:
+        warning = f"{label} never stepped (its lora_B weights are all zero): the stream made no update"
+        return {"lora_b_norm": 0.0, "warning": warning}
+    return check_adapter(folder / "base", folder / label, adapter)
