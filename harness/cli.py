@@ -7,8 +7,12 @@ import json
 import sys
 from pathlib import Path
 
-from harness.console import configure, say
-from harness.recipe import RecipeError, list_recipes, load_recipe, recipe_path
+from harness.config.recipe import list_recipes, load_recipe, recipe_path
+from harness.errors import HarnessError, RecipeError
+from harness.run.console import configure, say
+
+# OS errors about a path the user named: their message names the file, which is the sentence to print.
+USER_OS_ERRORS = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -31,7 +35,7 @@ def resolve_recipe(args: argparse.Namespace):
     printed to stderr)."""
     recipe = load_recipe(args.recipe, args.overrides)
     if getattr(args, "rehearse", False):
-        from harness.rehearse import describe, rehearsal
+        from harness.tools.rehearse import describe, rehearsal
 
         recipe, changes = rehearsal(recipe)
         say(describe(changes))
@@ -59,14 +63,14 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_grade(args: argparse.Namespace) -> int:
-    from harness.evaluation.grading import grade_file
+    from harness.grading.files import grade_file
 
     print(json.dumps(grade_file(args.file, args.task)))
     return 0
 
 
 def prepare_run(args: argparse.Namespace):
-    from harness.rundir import RunDir
+    from harness.run.folder import RunDir
 
     recipe = resolve_recipe(args)
     run = RunDir(args.run_dir or RunDir.default_path(recipe, "rehearsal" if args.rehearse else None))
@@ -76,7 +80,7 @@ def prepare_run(args: argparse.Namespace):
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from harness.pipeline import run_stage
+    from harness.stages.pipeline import run_stage
 
     recipe, run = prepare_run(args)
     summary = run_stage(args.stage, recipe, run)
@@ -85,7 +89,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
-    from harness.pipeline import reproduce
+    from harness.stages.pipeline import reproduce
 
     recipe, run = prepare_run(args)
     print(reproduce(recipe, run))
@@ -93,8 +97,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from harness.pipeline import STAGES
-    from harness.sweep import run_sweep, sweep_spec
+    from harness.stages.pipeline import STAGES
+    from harness.tools.sweep import run_sweep, sweep_spec
 
     key, _ = sweep_spec(args.spec)
     root = Path(args.run_dir) if args.run_dir else Path.cwd() / "results" / "runs" / f"{args.recipe}-sweep-{key}"
@@ -138,7 +142,7 @@ def worker_counts(text: str) -> list[int]:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from harness.bench import bench_flow
+    from harness.tools.bench import bench_flow
 
     recipe = load_recipe(args.recipe, args.overrides)
     result = bench_flow(recipe, args.questions or recipe.online.question_batch, args.workers)
@@ -163,7 +167,7 @@ REHEARSE_HELP = ("run the recipe on this CPU with a tiny stand-in of its model f
 def cmd_doctor(args: argparse.Namespace) -> int:
     import torch
 
-    from harness.doctor import doctor, plan, render
+    from harness.tools.doctor import doctor, plan, render
 
     recipe = resolve_recipe(args)
     if not torch.cuda.is_available() and not args.rehearse:
@@ -186,7 +190,7 @@ def verbosity(suppress: bool) -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from harness.pipeline import STAGES
+    from harness.stages.pipeline import STAGES
 
     parser = argparse.ArgumentParser(prog="harness", description=__doc__, parents=[verbosity(False)])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -285,14 +289,10 @@ def main(argv: list[str] | None = None) -> int:
         if not hasattr(args, "overrides") or any("=" not in e or e.startswith("-") for e in extra):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides += extra
-    from harness.data import DataError
-    from harness.errors import NonFiniteLoss
-    from harness.rundir import RunError
-
     configure(quiet=args.quiet, verbose=args.verbose)
     try:
         return args.func(args)
-    except (RecipeError, RunError, DataError, NonFiniteLoss, ValueError, FileNotFoundError) as err:
+    except (HarnessError, *USER_OS_ERRORS) as err:  # anything else is a bug: its traceback is shown
         if args.debug:
             raise
         print(f"harness: error: {err} (--debug shows the traceback)", file=sys.stderr)

@@ -17,10 +17,10 @@ import time
 from datasets import Dataset
 from peft import LoraConfig
 
-from harness.data import load_source
-from harness.evaluation.grading import grade
-from harness.models import load_base
-from harness.recipe import load_recipe
+from harness.config.recipe import load_recipe
+from harness.data.records import load_source
+from harness.grading.grader import grade
+from harness.modeling.models import load_base
 
 PROMPTS_PER_STEP = 4
 """Prompts per optimizer step (two completions each)."""

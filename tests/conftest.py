@@ -52,7 +52,7 @@ def harness_cache(tmp_path_factory):
 @pytest.fixture
 def tiny_recipe():
     """`tiny_recipe(*overrides)`: recipes/tiny.yaml with `key.sub=value` overrides."""
-    from harness.recipe import load_recipe
+    from harness.config.recipe import load_recipe
 
     def make(*overrides: str):
         return load_recipe("tiny", list(overrides))
@@ -63,8 +63,8 @@ def tiny_recipe():
 @pytest.fixture
 def tiny_base():
     """A fresh random tiny Llama (no warm-up, no adapters) on `device` and its character tokenizer: ~0.1 s."""
-    from harness.models import load_base
-    from harness.recipe import ModelConfig
+    from harness.config.recipe import ModelConfig
+    from harness.modeling.models import load_base
 
     def make(device: str = "cpu", **tiny):
         return load_base(ModelConfig(name="tiny", tiny=tiny), device)
@@ -75,8 +75,8 @@ def tiny_base():
 @pytest.fixture
 def tiny_peft(tiny_base):
     """A fresh random tiny Llama carrying zero-initialised `answer` and `stop` adapters, and its tokenizer."""
-    from harness.models import with_adapters
-    from harness.recipe import LoraSpec
+    from harness.config.recipe import LoraSpec
+    from harness.modeling.models import with_adapters
 
     def make(dropout: float = 0.05, device: str = "cpu", **tiny):
         model, tok = tiny_base(device, **tiny)
@@ -89,8 +89,8 @@ def tiny_peft(tiny_base):
 @pytest.fixture(scope="session")
 def warm_tiny(harness_cache):
     """The recipe's warm-started tiny model, built once per session into HARNESS_CACHE (subprocesses reuse it)."""
-    from harness.models import load_base
-    from harness.recipe import load_recipe
+    from harness.config.recipe import load_recipe
+    from harness.modeling.models import load_base
 
     recipe = load_recipe("tiny", ["model.tiny.warmup_steps=300"])  # as test_online.MODEL_ARGS
     load_base(recipe.model)

@@ -9,11 +9,11 @@ import pytest
 import torch
 from conftest import on_each_device
 
+from harness.config.recipe import LoraSpec
 from harness.generation.backend import yes_probability
 from harness.generation.hf import HFBackend
 from harness.generation.steps import step_stop_ids
-from harness.models import with_adapters
-from harness.recipe import LoraSpec
+from harness.modeling.models import with_adapters
 
 QUESTIONS = ["What is 1+2?", "Hi", "Ann has 7 apples and gets 5 more. How many now?", "x"]
 

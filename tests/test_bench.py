@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from harness.bench import NoReuse, bench_flow
+from harness.tools.bench import NoReuse, bench_flow
 
 
 def test_bench_flow_figures_are_consistent(tiny_recipe, warm_tiny):

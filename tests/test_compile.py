@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from harness.families import family_tokenizer
-from harness.recipe import load_recipe
-from harness.rundir import RunError
+from harness.config.recipe import load_recipe
+from harness.errors import RunError
+from harness.modeling.families import family_tokenizer
 from harness.stages.compile import per_device_batch, target_end_id, with_eos
 
 

@@ -17,11 +17,12 @@ import torch
 from conftest import on_cuda
 from safetensors.torch import load_file
 
-from harness.families import family_tokenizer
-from harness.models import chat_example
-from harness.pipeline import LazyEngine
-from harness.recipe import RecipeError, load_recipe
-from harness.rundir import RunDir, RunError, write_jsonl
+from harness.config.recipe import load_recipe
+from harness.errors import RecipeError, RunError
+from harness.generation.lazy import LazyEngine
+from harness.modeling.families import family_tokenizer
+from harness.modeling.models import chat_example
+from harness.run.folder import RunDir, write_jsonl
 from harness.stages import compile as compile_stage
 from harness.stages.compile import child_devices, run_compile, visible_gpus
 
@@ -172,7 +173,7 @@ def test_a_child_sees_the_gpu_its_parent_calls_cuda_n(monkeypatch):
 PARENT = """
 import multiprocessing, os, time
 from concurrent.futures import ProcessPoolExecutor
-from harness.distributed import pin_device
+from harness.run.distributed import pin_device
 context = multiprocessing.get_context("spawn")
 free = context.Queue()
 free.put("")
@@ -210,7 +211,7 @@ def test_an_sft_child_ends_when_its_parent_is_killed():
 def test_a_child_that_cannot_ask_to_end_with_its_parent_says_so(monkeypatch, capsys):
     import ctypes
 
-    from harness.distributed import die_with_parent
+    from harness.run.distributed import die_with_parent
 
     class NoPrctl:
         def __init__(self, *args, **kwargs) -> None:

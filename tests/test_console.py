@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from harness import console
+from harness.run import console
 
 
 @pytest.fixture
@@ -52,7 +52,7 @@ def test_off_a_terminal_progress_prints_heartbeat_lines_and_a_last_one(capsys, m
     console.configure()
     clock = iter(range(0, 10_000, 25))  # 25 s a call: a heartbeat every third update or so
     monkeypatch.setattr(console.time, "monotonic", lambda: next(clock))
-    bar = console.Progress("online", 10, "question")
+    bar = console.ProgressBar("online", 10, "question")
     for i in range(10):
         bar.update(1, trained=f"{i}0.0%")
     bar.close()
@@ -64,7 +64,7 @@ def test_off_a_terminal_progress_prints_heartbeat_lines_and_a_last_one(capsys, m
 
 def test_quiet_prints_no_progress(capsys, fresh_settings):
     console.configure(quiet=True)
-    bar = console.Progress("online", 2, "question")
+    bar = console.ProgressBar("online", 2, "question")
     bar.update(2)
     bar.close()
     console.say("hidden")

@@ -4,8 +4,9 @@ import json
 
 import pytest
 
-from harness.data import DataError, load_source
-from harness.recipe import DataSource
+from harness.config.recipe import DataSource
+from harness.data.records import load_source
+from harness.errors import DataError
 
 
 def test_bundled_gsm8k_test_loads_all_rows():

@@ -9,8 +9,8 @@ import torch
 from conftest import on_cuda
 
 from harness.cli import main as cli_main
-from harness.doctor import recipe_shape
-from harness.recipe import load_recipe
+from harness.config.recipe import load_recipe
+from harness.tools.doctor import recipe_shape
 
 
 def test_without_a_gpu_doctor_lists_its_checks(capsys, monkeypatch):

@@ -16,9 +16,10 @@ from unittest import mock
 import pytest
 import torch
 
+from harness.config.recipe import EvalConfig, EvalTask, ModelConfig
+from harness.errors import DroppedAdapterError
 from harness.evaluation.lm_eval import (
     HARNESS_TASKS,
-    DroppedAdapterError,
     _task_manager,
     _vllm_model_args,
     build_lm,
@@ -28,8 +29,7 @@ from harness.evaluation.lm_eval import (
     render_tasks,
 )
 from harness.evaluation.lm_eval_tasks import task_utils
-from harness.models import load_base
-from harness.recipe import EvalConfig, EvalTask, ModelConfig
+from harness.modeling.models import load_base
 
 LIMITS = {"arith": 4, "gsm8k": 4, "math500": 2}
 BASE_CFG = EvalConfig(
@@ -416,3 +416,22 @@ def test_vllm_evaluation_takes_the_runtime_engine_settings_and_data_parallel_cop
     assert (args["tensor_parallel_size"], args["data_parallel_size"]) == (2, 4)
     assert "enable_sleep_mode" not in args  # an online-engine setting, not lm-eval's
     assert engine_args(tiny_recipe("eval.backend=vllm"))["data_parallel_size"] == 1
+
+
+def test_task_files_planted_in_a_run_folder_are_never_loaded(base_run, tmp_path: Path) -> None:
+    """A YAML that shadows our task with a `!function` and the Python file it names, planted where the evaluation
+    folder keeps its rendered tasks: evaluating there runs neither, and the numbers are our task's."""
+    out, records = base_run
+    planted = tmp_path / "planted" / "_lm_eval_tasks"
+    planted.mkdir(parents=True)
+    marker = tmp_path / "code-ran"
+    (planted / "evil_utils.py").write_text(f"from pathlib import Path\nPath({str(marker)!r}).write_text('x')\n"
+                                           "def docs(dataset):\n    return dataset\n")
+    (planted / "evil.yaml").write_text(
+        "task: harness_arith\ndataset_path: json\ndataset_kwargs:\n  data_files: {test: nowhere.jsonl}\n"
+        "test_split: test\nprocess_docs: !function evil_utils.docs\ndoc_to_text: q\ndoc_to_target: a\n"
+        "output_type: generate_until\nmetric_list:\n  - metric: exact_match\n")
+    model, tok = tiny()
+    again = evaluate_model(model, tok, ARITH_CFG, tmp_path, "planted")
+    assert not marker.exists()
+    assert again["arith"]["metrics"] == records["arith"]["metrics"]

@@ -8,9 +8,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from harness import models
-from harness.families import CHARS, FAMILIES, family_model, family_tokenizer, generation_eos_ids
-from harness.recipe import TinyModel
+from harness.config.recipe import TinyModel
+from harness.modeling import models
+from harness.modeling.families import CHARS, FAMILIES, family_model, family_tokenizer, generation_eos_ids
 
 MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "1+1?"}]
 

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import pytest
 
-from harness.families import family_tokenizer
 from harness.generation.backend import sigmoid
 from harness.generation.hf import HFBackend
 from harness.generation.prompts import Prompter
-from harness.strategies.flow import Flow
-from harness.strategies.flow_dpo import make_pairs, nodes, rollouts
-from harness.training.learner import Pair
+from harness.modeling.families import family_tokenizer
+from harness.strategies.flow_dpo.flow import Flow
+from harness.strategies.flow_dpo.strategy import make_pairs, nodes, rollouts
+from harness.training.pairs import Pair
 
 QUESTIONS = [
     ("Hana has 1 apples and gets 2 more. How many apples does Hana have now?", "3"),

@@ -10,8 +10,8 @@ from test_flow import QUESTIONS, RecordingBackend, scripted_flow
 
 from harness.generation.hf import HFBackend
 from harness.generation.prompts import Prompter
-from harness.strategies.flow import Flow
-from harness.strategies.flow_dpo import explore_continuous, make_pairs, rollouts_many
+from harness.strategies.flow_dpo.flow import Flow
+from harness.strategies.flow_dpo.strategy import explore_continuous, make_pairs, rollouts_many
 
 Q = "What is 3+4?"
 

@@ -1,4 +1,4 @@
-"""Tests for harness.evaluation.grading: extraction rules, equivalence, and acceptance on the bundled test sets."""
+"""Tests for harness.grading.grader: extraction rules, equivalence, and acceptance on the bundled test sets."""
 
 from __future__ import annotations
 
@@ -11,15 +11,9 @@ from pathlib import Path
 import pytest
 
 import harness
-from harness.evaluation.grading import (
-    Grade,
-    _match_braces,
-    extract_answer,
-    gold_answer,
-    grade,
-    grade_file,
-    is_equivalent,
-)
+from harness.grading.boxed import match_braces
+from harness.grading.files import grade_file
+from harness.grading.grader import Grade, extract_answer, gold_answer, grade, is_equivalent
 
 _PKG_DIR = (
     Path(harness.__file__).parent
@@ -73,7 +67,7 @@ def _math_wrong_answer(answer: str) -> str:
 
 def _replace_last_boxed(solution: str, new: str) -> str:
     open_ = solution.index("{", solution.rindex("\\boxed"))
-    end = _match_braces(solution, open_)
+    end = match_braces(solution, open_)
     assert end is not None, "unbalanced \\boxed in gold solution"
     return solution[: open_ + 1] + new + solution[end - 1 :]
 

@@ -10,9 +10,12 @@ import torch
 from conftest import on_each_device
 
 import harness.training.learner as learner_mod
-from harness.models import adapter_state
-from harness.training.dpo_config import DPOConfig
-from harness.training.learner import DPOLearner, NonFiniteLoss, Pair, completion_logps, dpo_loss, sequence_sums
+from harness.config.dpo import DPOConfig
+from harness.errors import NonFiniteLoss
+from harness.modeling.logprobs import completion_logps, sequence_sums
+from harness.modeling.models import adapter_state
+from harness.training.learner import DPOLearner, dpo_loss
+from harness.training.pairs import Pair
 
 
 def cfg(**kw) -> DPOConfig:
@@ -245,7 +248,7 @@ def test_micro_batches_accumulate_to_the_same_step(tiny_peft, perturb):
 
 
 def test_state_dict_round_trip_continues_identically(tiny_peft):
-    from harness.models import load_adapter_state
+    from harness.modeling.models import load_adapter_state
 
     def fresh():
         model, tok = tiny_peft()

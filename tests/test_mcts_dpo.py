@@ -12,13 +12,13 @@ import pytest
 from pydantic import ValidationError
 from scripted import EOS, scripted_ids, split_answer_prompt
 
-from harness.data import Record
+from harness.config.section import PromptTemplate
+from harness.data.records import Record
 from harness.generation.backend import Sample, prompt_seeds, temperatures, token_budgets
 from harness.generation.prompts import Prompter
-from harness.sections import PromptTemplate
-from harness.seeds import seed_for
-from harness.strategies.mcts_dpo import MCTSDPO
-from harness.strategies.mcts_dpo_config import MCTSDPOConfig
+from harness.run.seeds import seed_for
+from harness.strategies.mcts_dpo.config import MCTSDPOConfig
+from harness.strategies.mcts_dpo.strategy import MCTSDPO
 
 EVAL = PromptTemplate(user="Q: {question}\nA: {partial_answer}\nOK?")
 
@@ -271,9 +271,9 @@ def test_a_question_searches_alike_alone_and_in_a_group(tiny_base):
 
 
 def test_play_is_a_function_of_each_question_seed(tiny_base, perturb):
+    from harness.config.recipe import LoraSpec
     from harness.generation.hf import HFBackend
-    from harness.models import with_adapters
-    from harness.recipe import LoraSpec
+    from harness.modeling.models import with_adapters
 
     base, tok = tiny_base()
     model = with_adapters(base, {"policy": LoraSpec()})

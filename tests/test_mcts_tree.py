@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from harness.strategies.mcts_tree import (
+from harness.strategies.mcts_dpo.tree import (
     Node,
     Search,
     attach,

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.metrics import Metrics, MetricsError, open_metrics
+from harness.errors import MetricsError
+from harness.run.metrics import Metrics, open_metrics
 
 UPDATE_1 = {"loss": 0.75, "margin": 0.0, "pairs": 2, "accuracy": 0.0}
 UPDATE_2 = {"loss": 0.5, "margin": 0.25, "pairs": 2, "accuracy": 1.0}

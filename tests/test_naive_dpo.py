@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from harness.data import Record
-from harness.families import family_tokenizer
+from harness.data.records import Record
 from harness.generation.prompts import Prompter
-from harness.strategies.naive_dpo import NaiveDPO
-from harness.strategies.naive_dpo_config import NaiveDPOConfig
-from harness.training.learner import Pair
+from harness.modeling.families import family_tokenizer
+from harness.strategies.naive_dpo.config import NaiveDPOConfig
+from harness.strategies.naive_dpo.strategy import NaiveDPO
+from harness.training.pairs import Pair
 
 Q, R = "What is 3+4?", "What is 1+1?"
 

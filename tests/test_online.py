@@ -24,12 +24,12 @@ from safetensors.torch import load_file
 import harness.stages.online as online_mod
 import harness.training.learner as learner_mod
 from harness.cli import main as cli_main
+from harness.errors import NonFiniteLoss, RunError
 from harness.generation.engine import Engine
 from harness.generation.prompts import Prompter
-from harness.models import adapter_state
-from harness.rundir import RunDir, RunError, read_jsonl
+from harness.modeling.models import adapter_state
+from harness.run.folder import RunDir, read_jsonl
 from harness.stages.online import run_online
-from harness.training.learner import NonFiniteLoss
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -205,7 +205,7 @@ def test_resume_recomputes_lines_after_the_checkpoint(tmp_path, scripted_setup, 
 
 def test_resume_after_a_torn_last_progress_line(tmp_path, scripted_setup, monkeypatch):
     """A kill (or a full disk) in the middle of writing a progress line leaves half a line: resume must drop it,
-    as harness/batches.py does, instead of failing to parse progress.jsonl."""
+    as harness/run/batches.py does, instead of failing to parse progress.jsonl."""
     resume_matches_reference(tmp_path, scripted_setup, monkeypatch, tear_last_line=True)
 
 
@@ -260,7 +260,7 @@ def test_refused_lock_leaves_the_holders_pid_in_the_lock_file(tmp_path):
 @pytest.mark.parametrize("overrides_last", [False, True], ids=["overrides-first", "overrides-after-run-dir"])
 def test_cli_run_takes_overrides_before_or_after_run_dir(tmp_path, monkeypatch, overrides_last):
     """`harness run online tiny --run-dir D key=value` is the documented form."""
-    import harness.pipeline
+    import harness.stages.pipeline
 
     seen = {}
 
@@ -268,7 +268,7 @@ def test_cli_run_takes_overrides_before_or_after_run_dir(tmp_path, monkeypatch, 
         seen.update(stage=stage, questions=recipe.online.questions, lr=recipe.online.dpo.lr, path=run.path)
         return {}
 
-    monkeypatch.setattr(harness.pipeline, "run_stage", fake_stage)
+    monkeypatch.setattr(harness.stages.pipeline, "run_stage", fake_stage)
     overrides = ["online.questions=5", "online.dpo.lr=0.01"]
     where = ["--run-dir", str(tmp_path / "run")]
     argv = ["run", "online", "tiny", *(where + overrides if overrides_last else overrides + where)]
@@ -437,7 +437,7 @@ def test_rerunning_a_finished_stage_is_skipped_and_changes_nothing(online_runs, 
         raise AssertionError("a finished stage must not build the model")
 
     monkeypatch.setattr(Engine, "__init__", no_model)
-    monkeypatch.setattr("harness.models.load_base", no_model)
+    monkeypatch.setattr("harness.modeling.models.load_base", no_model)
     started = time.perf_counter()
     assert cli_main(["run", "online", "tiny", "--run-dir", str(folder), *ARGS]) == 0
     assert time.perf_counter() - started < 10
@@ -476,7 +476,7 @@ def test_question_groups_keep_per_question_bookkeeping(tmp_path, scripted_setup)
 
 
 def test_checkpoints_must_fall_on_group_ends(tiny_recipe):
-    from harness.recipe import RecipeError
+    from harness.errors import RecipeError
 
     with pytest.raises(RecipeError, match="multiple of online.question_batch"):
         tiny_recipe("online.question_batch=3", "online.checkpoint_every=4")
@@ -496,7 +496,7 @@ def test_windows_are_groups_or_checkpoint_stretches_after_the_stream(tiny_recipe
 def test_after_the_stream_questions_flow_through_a_window(tmp_path, scripted_setup, monkeypatch):
     """With no update during the stream, the Flow explores each checkpoint's questions as one window with
     `question_batch` in flight: the same lines as one question at a time."""
-    from harness.strategies import flow_dpo
+    from harness.strategies.flow_dpo import strategy as flow_dpo
 
     recipe, make_engine = scripted_setup
     recipe = recipe.model_copy(deep=True)
@@ -531,7 +531,7 @@ class InProcessPool:
 
     def __init__(self, engine) -> None:
         from harness.strategies import build_strategy
-        from harness.strategies.answers import zero_shot
+        from harness.strategies.one_pass import zero_shot
 
         self.strategy = build_strategy(engine.recipe.online.strategy, engine)
         self.engine, self.zero_shot_of = engine, zero_shot
@@ -566,3 +566,14 @@ def test_with_workers_the_driver_only_trains(tmp_path, scripted_setup):
     lines = read_jsonl(tmp_path / "pool" / "online" / "progress.jsonl")
     assert strip_seconds(lines) == strip_seconds(read_jsonl(tmp_path / "in-process" / "online" / "progress.jsonl"))
     assert pool.updated == [sorted(line["updates"]) for line in lines if line["updates"]]
+
+
+@pytest.mark.parametrize("name", ["../../../evil", "/tmp/evil", "ckpt-000002/../../elsewhere", "notes"])
+def test_a_latest_json_that_leads_out_of_the_checkpoints_is_refused(tmp_path, name):
+    from harness.training.checkpoints import checkpoint_dir
+
+    good = tmp_path / "checkpoint" / "ckpt-000002"
+    good.mkdir(parents=True)
+    assert checkpoint_dir(tmp_path, {"checkpoint": "ckpt-000002"}) == good.resolve()
+    with pytest.raises(RunError, match="not a checkpoint folder"):
+        checkpoint_dir(tmp_path, {"checkpoint": name})

@@ -75,7 +75,7 @@ def test_unpacked_wheel_reads_its_packaged_copies(wheel, tmp_path):
     zipfile.ZipFile(wheel).extractall(site)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    code = ("from harness.recipe import RECIPES_DIR, list_recipes; "
+    code = ("from harness.config.recipe import RECIPES_DIR, list_recipes; "
             "from harness.reporting.papers import PAPERS_DIR, list_papers;"
             "print(RECIPES_DIR); print(PAPERS_DIR); print(','.join(list_recipes())); print(','.join(list_papers()))")
     env = {**os.environ, "PYTHONPATH": str(site)}
@@ -90,7 +90,7 @@ def test_unpacked_wheel_reads_its_packaged_copies(wheel, tmp_path):
 def test_checkout_reads_top_level_recipes_and_papers():
     """In a checkout the top-level files are the ones used, so an edit to recipes/ shows at once."""
     import harness
-    from harness.recipe import RECIPES_DIR, recipe_path
+    from harness.config.recipe import RECIPES_DIR, recipe_path
     from harness.reporting.papers import PAPERS_DIR
 
     if Path(harness.__file__).resolve().parent != REPO / "harness":
@@ -101,8 +101,8 @@ def test_checkout_reads_top_level_recipes_and_papers():
 
 
 def test_run_dir_defaults_to_cwd(tmp_path, monkeypatch):
-    from harness.recipe import load_recipe
-    from harness.rundir import RunDir
+    from harness.config.recipe import load_recipe
+    from harness.run.folder import RunDir
 
     monkeypatch.chdir(tmp_path)
     path = RunDir.default_path(load_recipe("tiny"), "rehearsal")

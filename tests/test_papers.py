@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness.recipe import RECIPES_DIR, load_recipe
-from harness.reporting.papers import PAPERS_DIR, PaperError, list_papers, load_paper, load_paper_file, paper_number
+from harness.config.recipe import RECIPES_DIR, load_recipe
+from harness.errors import PaperError
+from harness.reporting.papers import PAPERS_DIR, list_papers, load_paper, load_paper_file, paper_number
 
 # A second, independent entry of the same numbers: Flow-DPO arXiv 2410.22304 Table 1; Step-Controlled DPO
 # arXiv 2407.00782 main results table (GSM8K, MATH); MCTS-DPO arXiv 2405.00451 v2 Table 1.

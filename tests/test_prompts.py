@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from harness.families import family_tokenizer
+from harness.config.section import PromptTemplate
 from harness.generation.prompts import Prompter
-from harness.sections import PromptTemplate
+from harness.modeling.families import family_tokenizer
 
 SYSTEM = "You are a helpful math assistant. Explain your reasoning, then solve the problem."
 ANSWER = PromptTemplate(system=SYSTEM, user="{question}")

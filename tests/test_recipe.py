@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.recipe import RECIPES_DIR, RecipeError, list_recipes, load_recipe
+from harness.config.recipe import RECIPES_DIR, list_recipes, load_recipe
+from harness.errors import RecipeError
 
 REQUIRED = {"llama3-8b", "phi3-medium", "tiny", "smollm2-135m"}
 
@@ -115,7 +116,8 @@ def test_cli_show_prints_resolved_recipe():
 def test_runtime_is_outside_the_hash_and_a_run_resumes_after_changing_it(tmp_path):
     import json
 
-    from harness.rundir import RunDir, RunError
+    from harness.errors import RunError
+    from harness.run.folder import RunDir
 
     recipe = load_recipe("tiny")
     tuned = load_recipe("tiny", ["runtime.hf.max_batch=8", "runtime.dpo_micro_batch_tokens=512"])
@@ -166,9 +168,9 @@ def test_other_ranks_of_a_distributed_launch_wait_for_rank_0s_run_folder(tmp_pat
     import functools
     import threading
 
-    from harness import rundir
-    from harness.distributed import wait_for
-    from harness.rundir import RunDir
+    from harness.run import folder as rundir
+    from harness.run.distributed import wait_for
+    from harness.run.folder import RunDir
 
     recipe = load_recipe("tiny")
     monkeypatch.setenv("RANK", "1")
@@ -180,12 +182,12 @@ def test_other_ranks_of_a_distributed_launch_wait_for_rank_0s_run_folder(tmp_pat
     assert sorted(p.name for p in tmp_path.iterdir()) == ["recipe.yaml"]
 
 
-def test_every_strategy_name_has_a_module_with_its_class():
+def test_every_strategy_name_has_a_folder_with_its_class():
     from importlib import import_module
 
-    from harness.strategies.configs import TAGS
+    from harness.config.strategies import TAGS
 
     assert TAGS == {"flow_dpo", "mcts_dpo", "step_controlled", "naive_dpo"}
     for name in TAGS:
-        cls = import_module(f"harness.strategies.{name}").STRATEGY
+        cls = import_module(f"harness.strategies.{name}.strategy").STRATEGY
         assert all(callable(getattr(cls, method, None)) for method in ("solve", "play", "timings")), name

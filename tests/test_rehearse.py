@@ -11,10 +11,11 @@ import pytest
 import torch
 
 from harness.cli import main as cli_main
-from harness.families import generation_eos_ids
-from harness.recipe import RecipeError, list_recipes, load_recipe
-from harness.rehearse import BUNDLED_TASKS, rehearsal
-from harness.rundir import read_jsonl
+from harness.config.recipe import list_recipes, load_recipe
+from harness.errors import RecipeError
+from harness.modeling.families import generation_eos_ids
+from harness.run.folder import read_jsonl
+from harness.tools.rehearse import BUNDLED_TASKS, rehearsal
 
 ALLOWED = {"model.name", "model.tiny.family", "model.tiny.warmup_steps", "model.dtype", "runtime.device",
            "online.questions", "online.question_batch", "online.checkpoint_every", "online.strategy.chunk_size",

@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 import yaml
 
-from harness.reporting.compare import CompareError, compare, parse_fail_below, run_metrics
+from harness.errors import CompareError
+from harness.reporting.compare import compare, parse_fail_below, run_metrics
 from harness.reporting.report import write_report
 from harness.reporting.run_folder import load_run
 from harness.reporting.stats import mcnemar_exact, two_proportion_z, wilson

@@ -11,10 +11,10 @@ pytestmark = [pytest.mark.slow,
 
 
 def test_real_model_answers_arithmetic_through_the_flow():
-    from harness.data import load_source
+    from harness.config.recipe import load_recipe
+    from harness.data.records import load_source
     from harness.generation.engine import Engine
-    from harness.recipe import load_recipe
-    from harness.strategies.answers import one_pass
+    from harness.strategies.one_pass import one_pass
 
     recipe = load_recipe("smollm2-135m", ["online.strategy.temperature=0"])
     engine = Engine(recipe)
@@ -24,7 +24,7 @@ def test_real_model_answers_arithmetic_through_the_flow():
     # measured: about half of these one-step questions right greedily; a broken load or template gives ~0
     assert sum(t.correct for t in single) >= 2
     assert all(t.text.strip() for t in single)
-    from harness.strategies.flow import Flow
+    from harness.strategies.flow_dpo.flow import Flow
 
     flow = Flow(engine.backend, engine.prompter, recipe.strategy)
     traces = flow.run([flow.start(r.question, r.answer, r.task, k) for k, r in enumerate(records)])

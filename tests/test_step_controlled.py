@@ -14,16 +14,16 @@ import torch
 import yaml
 from scripted import EOS, scripted_ids, split_answer_prompt
 
-from harness.data import Record
-from harness.families import family_tokenizer
+from harness.config.dpo import DPOConfig
+from harness.config.section import PromptTemplate
+from harness.data.records import Record
 from harness.generation.backend import Sample, StopSequences, prompt_seeds, token_budgets
 from harness.generation.prompts import Prompter
-from harness.sections import PromptTemplate
-from harness.seeds import seed_for
+from harness.modeling.families import family_tokenizer
+from harness.run.seeds import seed_for
 from harness.strategies.base import Solution
-from harness.strategies.step_controlled import StepControlled, split_steps, step_temperature
-from harness.strategies.step_controlled_config import StepControlledConfig
-from harness.training.dpo_config import DPOConfig
+from harness.strategies.step_controlled.config import StepControlledConfig
+from harness.strategies.step_controlled.strategy import StepControlled, split_steps, step_temperature
 from harness.training.learner import completion_logps, dpo_loss
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
@@ -309,10 +309,10 @@ def test_the_loss_of_a_step_pair_has_zero_gradient_on_the_shared_prefix(tiny_pef
 
 def tiny_strategy(**cfg) -> StepControlled:
     """The strategy on the warm tiny model with the HF backend (built here, not from a recipe)."""
+    from harness.config.recipe import ModelConfig, TinyModel
+    from harness.config.section import LoraSpec
     from harness.generation.hf import HFBackend
-    from harness.models import load_base, with_adapters
-    from harness.recipe import ModelConfig, TinyModel
-    from harness.sections import LoraSpec
+    from harness.modeling.models import load_base, with_adapters
 
     model, tok = load_base(ModelConfig(name="tiny", tiny=TinyModel(warmup_steps=300)), "cpu")
     model = with_adapters(model, {"policy": LoraSpec()})
@@ -325,9 +325,9 @@ def tiny_strategy(**cfg) -> StepControlled:
 
 
 def test_tiny_model_pairs_are_token_exact_and_repeat_for_a_seed(warm_tiny):
-    from harness.data import load_source
-    from harness.evaluation.grading import grade
-    from harness.recipe import DataSource
+    from harness.config.recipe import DataSource
+    from harness.data.records import load_source
+    from harness.grading.grader import grade
 
     records = load_source(DataSource(source="bundled:arith", format="gsm8k", limit=8)).records
     strategy = tiny_strategy()
@@ -366,8 +366,8 @@ def test_tiny_model_pairs_of_a_question_are_the_same_alone_and_in_its_group(warm
     """On the real HF backend each row samples from its own generator: a question played alone gives the pairs it
     gives inside a group of 8 (the batched forward passes differ in shape and padding; on this model and these seeds
     their float rounding does not change a sampled id)."""
-    from harness.data import load_source
-    from harness.recipe import DataSource
+    from harness.config.recipe import DataSource
+    from harness.data.records import load_source
 
     records = load_source(DataSource(source="bundled:arith", format="gsm8k", limit=8)).records
     strategy = tiny_strategy()

@@ -30,7 +30,7 @@ import yaml
 from safetensors.torch import load_file
 from test_online import same_tensors, strip_seconds
 
-from harness.rundir import read_jsonl
+from harness.run.folder import read_jsonl
 
 REPO = Path(__file__).resolve().parent.parent
 RECIPES = ["mcts-dpo-tiny", "scdpo-tiny", "naive-dpo-tiny"]

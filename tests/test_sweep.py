@@ -8,11 +8,11 @@ import json
 import pytest
 from test_online import strip_seconds
 
-import harness.pipeline as pipeline_mod
+import harness.stages.pipeline as pipeline_mod
 from harness.cli import main as cli_main
-from harness.recipe import RecipeError
-from harness.rundir import read_jsonl
-from harness.sweep import split_values, sweep_spec
+from harness.errors import RecipeError
+from harness.run.folder import read_jsonl
+from harness.tools.sweep import split_values, sweep_spec
 
 ARGS = ["model.tiny.warmup_steps=300", "online.questions=4", "online.checkpoint_every=2", "online.dpo.batch_pairs=1",
         "online.curves=[trained, frozen]", "online.strategy.chunk_size=12", "online.strategy.max_chunks=3"]
@@ -97,8 +97,8 @@ def test_with_changes_another_field_along_with_the_swept_one(tmp_path, warm_tiny
 
 
 def test_with_values_may_repeat_where_swept_values_may_not():
-    from harness.recipe import RecipeError
-    from harness.sweep import sweep_spec, zipped_specs
+    from harness.errors import RecipeError
+    from harness.tools.sweep import sweep_spec, zipped_specs
 
     key, values = sweep_spec("online.strategy.chunk_size=10,20,30")
     assert zipped_specs(key, values, ["online.strategy.max_chunks=3,3,1"]) == {

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from harness.models import load_base
-from harness.recipe import load_recipe
+from harness.config.recipe import load_recipe
+from harness.modeling.models import load_base
 from harness.reporting.stats import mcnemar_exact
-from harness.rundir import read_jsonl
+from harness.run.folder import read_jsonl
 
 REPO = Path(__file__).resolve().parent.parent
 OFF_QUESTIONS = 32

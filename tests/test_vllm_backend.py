@@ -18,11 +18,11 @@ pytest.importorskip("vllm")
 
 import torch  # noqa: E402
 
+from harness.config.recipe import LoraSpec, ModelConfig  # noqa: E402
 from harness.generation.backend import yes_probability  # noqa: E402
 from harness.generation.hf import HFBackend  # noqa: E402
 from harness.generation.vllm import VLLMBackend  # noqa: E402
-from harness.models import load_base, with_adapters  # noqa: E402
-from harness.recipe import LoraSpec, ModelConfig  # noqa: E402
+from harness.modeling.models import load_base, with_adapters  # noqa: E402
 
 pytestmark = pytest.mark.vllm
 

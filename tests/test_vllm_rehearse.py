@@ -13,7 +13,7 @@ os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; vLLM's CPU default 
 pytest.importorskip("vllm")
 
 from harness.cli import main as cli_main  # noqa: E402
-from harness.rundir import read_jsonl  # noqa: E402
+from harness.run.folder import read_jsonl  # noqa: E402
 
 pytestmark = pytest.mark.vllm
 

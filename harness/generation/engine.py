@@ -11,10 +11,10 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from harness.config.recipe import Recipe
 from harness.generation.backend import Backend, end_token_ids
 from harness.generation.prompts import Prompter
-from harness.models import base_model_folder, free_memory, load_base, with_adapters
-from harness.recipe import Recipe
+from harness.modeling.models import base_model_folder, free_memory, load_base, with_adapters
 
 
 def vllm_engine_kwargs(recipe: Recipe) -> dict:
@@ -54,6 +54,16 @@ class Engine:
         self.base_folder = folder
         self._backend: Backend | None = None
         self.prompter = Prompter(self.tokenizer, recipe.strategy.answer_prompt, recipe.model.chat_template)
+
+    @property
+    def schedule(self) -> str:
+        """How a strategy whose phases can overlap runs them (`runtime.schedule`: phased or continuous)."""
+        return self.recipe.runtime.schedule
+
+    @property
+    def in_flight(self) -> int:
+        """Questions a strategy may work on at once (`online.question_batch`)."""
+        return self.recipe.online.question_batch
 
     @property
     def backend(self) -> Backend:

@@ -82,16 +82,10 @@ class HFBackend:
 
     @torch.no_grad()
     def generate(
-        self,
-        prompts: list[list[int]],
-        adapter: str | None,
-        max_new_tokens: int | list[int],
-        temperature: float | list[float],
-        top_p: float = 1.0,
-        n: int = 1,
-        seed: int | list[int] = 0,
+        self, prompts: list[list[int]], adapter: str | None, max_new_tokens: int | list[int],
+        temperature: float | list[float], top_p: float = 1.0, n: int = 1, seed: int | list[int] = 0,
         stop: list[list[int]] | None = None,
-    ) -> list[list[Sample]]:
+    ) -> list[list[Sample]]:  # as Backend.generate
         budgets = token_budgets(max_new_tokens, len(prompts))
         temps = temperatures(temperature, len(prompts))
         seeds = prompt_seeds(seed, len(prompts), n)

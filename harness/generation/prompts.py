@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from harness.sections import PromptTemplate
+from harness.config.section import PromptTemplate
+from harness.errors import RecipeError
 
 _MARK = "\u2063PARTIAL\u2063"  # an invisible separator no template uses; split on it before tokenizing
 
@@ -30,7 +31,7 @@ class Prompter:
     def first_token(self, text: str) -> int:
         ids = self.tokenizer.encode(text, add_special_tokens=False)
         if not ids:
-            raise ValueError(f"{text!r} encodes to no token")
+            raise RecipeError(f"{text!r} encodes to no token")
         return ids[0]
 
     def _template_keeps_system(self) -> bool:
@@ -55,7 +56,7 @@ class Prompter:
             messages.append({"role": "user", "content": user})
         text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         if template.system and template.system.strip() not in text:
-            raise ValueError(f"the chat template dropped the system text {template.system[:60]!r} of a prompt")
+            raise RecipeError(f"the chat template dropped the system text {template.system[:60]!r} of a prompt")
         return text
 
     def encode(self, text: str) -> list[int]:

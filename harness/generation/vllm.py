@@ -40,6 +40,7 @@ from itertools import count
 from pathlib import Path
 from typing import Any
 
+from harness.errors import RecipeError
 from harness.generation.backend import Sample, StopSequences, prompt_seeds, temperatures, token_budgets
 
 _LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
@@ -51,7 +52,7 @@ def lora_rank_bound(rank: int) -> int:
     for allowed in _LORA_RANKS:
         if allowed >= rank:
             return allowed
-    raise ValueError(f"LoRA rank {rank} exceeds vLLM's largest max_lora_rank {_LORA_RANKS[-1]}")
+    raise RecipeError(f"LoRA rank {rank} exceeds vLLM's largest max_lora_rank {_LORA_RANKS[-1]}")
 
 
 def shutdown(llm: Any) -> None:
@@ -171,16 +172,10 @@ class VLLMBackend:
         return outputs
 
     def generate(
-        self,
-        prompts: list[list[int]],
-        adapter: str | None,
-        max_new_tokens: int | list[int],
-        temperature: float | list[float],
-        top_p: float = 1.0,
-        n: int = 1,
-        seed: int | list[int] = 0,
+        self, prompts: list[list[int]], adapter: str | None, max_new_tokens: int | list[int],
+        temperature: float | list[float], top_p: float = 1.0, n: int = 1, seed: int | list[int] = 0,
         stop: list[list[int]] | None = None,
-    ) -> list[list[Sample]]:
+    ) -> list[list[Sample]]:  # as Backend.generate
         """`n` continuations per prompt, each request at its own temperature and seed; stops only at `eos_token_ids`
         and
         the `stop` sequences, as the HF backend does (longer-than-one-id sequences: see the module docstring)."""

@@ -41,20 +41,18 @@ from pathlib import Path
 
 from tabulate import tabulate
 
-from harness.progress import CURVES
+from harness.errors import CompareError
+from harness.reporting.cells import num
 from harness.reporting.eval_metrics import headline_metric
 from harness.reporting.papers import Paper, load_paper
 from harness.reporting.run_facts import paired, run_facts
-from harness.reporting.run_folder import Run, load_run
+from harness.reporting.run_folder import RunView, load_run
 from harness.reporting.stats import two_proportion_z, wilson
+from harness.run.progress import CURVES
 
 FORMATS = ("text", "md", "json")
 WRAP = 110
 """Width the text format wraps its prose lines at (the table itself is as wide as its columns)."""
-
-
-class CompareError(ValueError):
-    """A comparison that cannot be made as asked (unknown metric, bad DELTA, too few runs)."""
 
 
 @dataclass(frozen=True)
@@ -69,7 +67,7 @@ class Metric:
         return self.value * self.n
 
 
-def run_metrics(run: Run) -> tuple[dict[str, Metric], dict[tuple[str, str], str]]:
+def run_metrics(run: RunView) -> tuple[dict[str, Metric], dict[tuple[str, str], str]]:
     """(metric name -> Metric, (model label, task) -> headline metric name) of one run."""
     out: dict[str, Metric] = {}
     done = run.done.get("online") or {}
@@ -113,7 +111,7 @@ def _fmt_p(p: float) -> str:
     return "p<0.001" if p < 0.001 else f"p={p:.3f}"
 
 
-def _paper_models(paper: Paper, first: Run, paper_model: str | None) -> list[str]:
+def _paper_models(paper: Paper, first: RunView, paper_model: str | None) -> list[str]:
     if paper_model is not None:
         if paper_model not in paper.models:
             raise CompareError(
@@ -284,7 +282,7 @@ def _runs_table(data: dict) -> tuple[list[str], list[list[str]]]:
         pairs = r["pairs_per_question"]
         row = [f"run {i + 1}", r["strategy"] or "–", str(r["questions"])]
         row += [f"{pairs[a]:.2f}" if a in pairs else "–" for a in agents]
-        row += [_num(r["tokens_per_question"], 1), _num(r["seconds_per_question"], 2)]
+        row += [num(r["tokens_per_question"], 1), num(r["seconds_per_question"], 2)]
         pair = r["paired"]
         if pair is None or pair["p_value"] is None:
             row += ["–" if pair is None else "0", "–", "–"]
@@ -292,10 +290,6 @@ def _runs_table(data: dict) -> tuple[list[str], list[list[str]]]:
             row += [str(pair["shared"]), f"{pair['delta_points']:+.1f}", _p_text(pair["p_value"])]
         rows.append(row)
     return headers, rows
-
-
-def _num(x: float | None, digits: int) -> str:
-    return "–" if x is None else f"{x:.{digits}f}"
 
 
 def _paired_lines(data: dict) -> list[str]:
@@ -410,7 +404,7 @@ def render_text(data: dict) -> str:
 
 
 def _gate(
-    loaded: list[Run],
+    loaded: list[RunView],
     measured: list[tuple[dict[str, Metric], dict]],
     labels: list[str],
     fail_below: dict[str, float],

@@ -7,10 +7,12 @@ CURVE_NAMES = {
     "frozen": "frozen (untrained)",
     "zero_shot": "zero-shot (base, one pass)",
 }
-ROW_ORDER = ["base", "online-policy", "sft-ground_truth", "sft-self", "sft-flow"]
+ONLINE_POLICY = "online-policy"
+"""The evaluate stage's label of a one-agent method's online-trained adapter (the model those papers report)."""
+ROW_ORDER = ["base", ONLINE_POLICY, "sft-ground_truth", "sft-self", "sft-flow"]
 ROW_NAMES = {
     "base": "zero-shot (base)",
-    "online-policy": "online-trained policy",
+    ONLINE_POLICY: "online-trained policy",
     "sft-ground_truth": "SFT ground truth",
     "sft-self": "SFT self-generated",
     "sft-flow": "SFT Flow-generated",

@@ -1,6 +1,6 @@
 """Per-question summaries of online/progress.jsonl that hold for every strategy.
 
-A line is the core every strategy writes (`harness.progress.ProgressLine`) plus the strategy's own fields. The
+A line is the core every strategy writes (`harness.run.progress.ProgressLine`) plus the strategy's own fields. The
 report and `harness compare` read only the core by name; every other numeric field is summarised generically (its
 mean per question), so a new strategy needs no report code of its own.
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from harness.progress import CORE_KEYS, PHASES
+from harness.run.progress import CORE_KEYS, PHASES
 
 
 def strategy_fields(lines: list[dict]) -> list[str]:

@@ -36,17 +36,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, model_validator
 
-from harness.recipe import read_yaml_mapping, validate_named
+from harness.config.recipe import read_yaml_mapping, validate_named
+from harness.errors import PaperError
 
 # A wheel ships the paper files inside the package (harness/papers_data/, mapped in pyproject.toml); a checkout
 # has none there, so it reads the top-level results/papers/.
 _PACKAGE = Path(__file__).resolve().parent.parent
 _PACKAGED_PAPERS = _PACKAGE / "papers_data"
 PAPERS_DIR = _PACKAGED_PAPERS if _PACKAGED_PAPERS.is_dir() else _PACKAGE.parent / "results" / "papers"
-
-
-class PaperError(ValueError):
-    """A paper file that cannot be used, or a lookup of a key it does not have; names the file and the key."""
 
 
 class _Strict(BaseModel):

@@ -13,16 +13,17 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from harness.errors import ReportError
 from harness.reporting.papers import load_paper
 from harness.reporting.render import Block, note, to_html, to_markdown
-from harness.reporting.run_folder import STAGES, ReportError, load_run
+from harness.reporting.run_folder import STAGES, load_run
 from harness.reporting.sections import (
     section_progressive,
     section_provenance,
-    section_table1,
     section_time,
     section_traces,
 )
+from harness.reporting.table1 import section_table1
 
 REPORT_FILES = (
     "report.md",

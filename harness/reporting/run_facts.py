@@ -8,14 +8,15 @@ the same stream answer the same questions, so the unpaired z-test of the metrics
 from __future__ import annotations
 
 from harness.reporting import online_lines
-from harness.reporting.run_folder import Run
+from harness.reporting.run_folder import RunView
 from harness.reporting.stats import mcnemar_exact
 
 
-def run_facts(run: Run) -> dict:
+def run_facts(run: RunView) -> dict:
     """Strategy name, questions logged, pairs per question per agent, generated tokens and wall seconds per question.
 
-    Wall seconds are the sum of the online phases' seconds (`harness.progress.PHASES`); None where no line is logged.
+    Wall seconds are the sum of the online phases' seconds (`harness.run.progress.PHASES`); None where no line is
+    logged.
     """
     lines = run.progress
     n = len(lines)
@@ -28,13 +29,13 @@ def run_facts(run: Run) -> dict:
     }
 
 
-def answers(run: Run) -> dict[str, bool]:
+def answers(run: RunView) -> dict[str, bool]:
     """Question id -> correct_before, for the lines that carry both."""
     return {str(line["id"]): bool(line["correct_before"]) for line in run.progress if "id" in line and
             "correct_before" in line}
 
 
-def paired(first: Run, later: Run) -> dict:
+def paired(first: RunView, later: RunView) -> dict:
     """`later` vs `first` on their shared question ids: the 2x2 counts, Δ points (later − first) and McNemar's p.
 
     `same_ids` is False when either run has a question the other lacks; Δ and p are then over the shared ids only,

@@ -14,17 +14,13 @@ from typing import Any
 
 import yaml
 
-from harness.rundir import RunError
+from harness.errors import ReportError
 
 STAGES = ("baseline", "online", "compile", "evaluate")
 
 
-class ReportError(RunError):
-    """A run folder whose files cannot be read; the message names the file."""
-
-
 @dataclass
-class Run:
+class RunView:
     """Everything the report reads from one run folder (missing files are None / empty)."""
 
     path: Path
@@ -137,7 +133,7 @@ def shown(path: Path) -> str:
         return str(path)
 
 
-def load_run(run_dir: Path | str) -> Run:
+def load_run(run_dir: Path | str) -> RunView:
     """Read a run folder; ReportError when it is not one."""
     path = Path(run_dir)
     recipe_file = path / "recipe.yaml"
@@ -147,7 +143,7 @@ def load_run(run_dir: Path | str) -> Run:
         recipe = yaml.safe_load(recipe_file.read_text()) or {}
     except yaml.YAMLError as err:
         raise ReportError(f"{recipe_file}: not valid YAML: {err}") from err
-    run = Run(path=path, recipe=recipe, provenance=read_json(path / "provenance.json"))
+    run = RunView(path=path, recipe=recipe, provenance=read_json(path / "provenance.json"))
     run.progress = read_jsonl(path / "online" / "progress.jsonl", run.notes)
     run.done = {stage: read_json(path / stage / "done.json") for stage in STAGES}
     return run

@@ -10,27 +10,25 @@ import math
 from pathlib import Path
 from typing import Any
 
-from harness.progress import CURVES, PHASES
 from harness.reporting import online_lines
-from harness.reporting.cells import num, pct, pct_ci, signed
-from harness.reporting.eval_metrics import headline_metric, metric_filter, metric_label
-from harness.reporting.names import CURVE_NAMES, ROW_NAMES, ROW_ORDER
+from harness.reporting.cells import num, pct, pct_ci
+from harness.reporting.names import CURVE_NAMES
 from harness.reporting.papers import Paper
 from harness.reporting.plots import (
     plot_difference,
     plot_dpo_steps,
     plot_pairs,
     plot_progressive,
-    plot_table1,
     plot_time,
 )
 from harness.reporting.render import Block, note
-from harness.reporting.run_folder import Run, sum_seconds
+from harness.reporting.run_folder import RunView, sum_seconds
 from harness.reporting.stats import cumulative, curve, paired_difference, verdict, wilson
+from harness.run.progress import CURVES, PHASES
 
 
 def section_progressive(
-    run: Run, paper: Paper | None, model: str | None, out: Path
+    run: RunView, paper: Paper | None, model: str | None, out: Path
 ) -> tuple[dict, list[Block]]:
     blocks: list[Block] = [("h", 2, "Progressive validation accuracy")]
     if not run.progress:
@@ -106,153 +104,7 @@ def section_progressive(
     return data, blocks
 
 
-def adapter_check_notes(checks: dict[str, dict]) -> list[Block]:
-    """The evaluate stage's findings on its adapters (one too weak to change a greedy answer, one never trained)."""
-    warnings = [check["warning"] for check in checks.values() if check.get("warning")]
-    return [("p", "Adapter checks:"), ("list", warnings)] if warnings else []
-
-
-def section_table1(run: Run, paper: Paper | None, model: str | None, out: Path) -> tuple[dict, list[Block]]:
-    blocks: list[Block] = [("h", 2, "Table 1: SFT on traces from each source")]
-    models = run.eval_records()
-    if not models:
-        return {}, blocks + [note("Evaluate stage has not run: no evaluate/done.json.")]
-    labels = [m for m in ROW_ORDER if m in models] + sorted(m for m in models if m not in ROW_ORDER)
-    tasks: list[str] = []
-    for label in labels:
-        for rec in models[label]:
-            if rec.get("task") not in tasks:
-                tasks.append(rec.get("task"))
-    rows_data = []
-    for label in labels:
-        method = paper.method_for_run_model(label) if paper else None
-        cells = {}
-        for rec in models[label]:
-            metric = headline_metric(rec)
-            if metric is None:
-                continue
-            value = float(rec["metrics"][metric]["value"])
-            n = rec.get("n")
-            cell = {
-                "lm_eval_task": rec.get("lm_eval_task"),
-                "version": rec.get("version"),
-                "n_shot": rec.get("n_shot"),
-                "chat_template": rec.get("chat_template"),
-                "limit": rec.get("limit"),
-                "n": n,
-                "metric": metric,
-                "filter": metric_filter(metric),
-                "value": value,
-                "ci": list(wilson(value * n, n)) if n else None,
-                "metrics": {k: float(v["value"]) for k, v in rec["metrics"].items()},
-                "paper": None,
-                "paper_source": None,
-                "delta_points": None,
-            }
-            if paper is not None and method is not None and rec.get("task") in paper.benchmarks:
-                row = paper.number(model, method, rec["task"])
-                if row is not None:
-                    cell["paper"], cell["paper_source"] = row.value, row.source
-                    if row.value is not None:
-                        cell["delta_points"] = 100 * value - row.value
-            cells[rec.get("task")] = cell
-        rows_data.append({"model": label, "method": method, "cells": cells})
-    data = {
-        "paper": {"paper": paper.paper, "model": model} if paper else None,
-        "tasks": tasks,
-        "rows": rows_data,
-    }
-
-    strict = "exact_match,strict-match"
-    extra = {
-        t: any(
-            strict in c["metrics"] and c["metric"] != strict
-            for r in rows_data
-            for task, c in r["cells"].items()
-            if task == t
-        )
-        for t in tasks
-    }
-    headers = ["model"]
-    for task in tasks:
-        headers.append(f"{task} % [95% CI] (metric)")
-        headers += [f"{task} strict-match %"] if extra[task] else []
-        headers += [f"{task} paper %", f"{task} Δ"] if paper else []
-    rows = []
-    for r in rows_data:
-        row = [ROW_NAMES.get(r["model"], r["model"])]
-        for task in tasks:
-            c = r["cells"].get(task)
-            row.append(f"{pct_ci(c['value'], c['ci'])} ({metric_label(c['metric'])})" if c else "–")
-            if extra[task]:
-                row.append(pct(c["metrics"].get(strict)) if c else "–")
-            if paper:
-                row += [num(c["paper"], 1) if c else "–", signed(c["delta_points"]) if c else "–"]
-        rows.append(row)
-    settings_row = ["settings"]
-    for task in tasks:
-        kinds = {_settings(r["cells"][task]) for r in rows_data if task in r["cells"]}
-        settings_row.append(kinds.pop() if len(kinds) == 1 else "varies: see below")
-        settings_row += [""] * (int(extra[task]) + (2 if paper else 0))
-    rows.append(settings_row)
-    blocks.append(("table", headers, rows))
-    if paper is not None:
-        sources = sorted(
-            {c["paper_source"] for r in rows_data for c in r["cells"].values() if c["paper_source"]}
-        )
-        blocks.append(
-            (
-                "p",
-                f"Paper numbers: {paper.paper} / {model} ({paper.models[model].name}); source: "
-                + ("; ".join(sources) or "none for these rows")
-                + ". Δ = measured − paper, points.",
-            )
-        )
-    else:
-        blocks.append(note("The recipe has no `paper` ref: no published numbers beside these."))
-    headers = [
-        "model",
-        "task",
-        "lm-eval task",
-        "n-shot",
-        "chat template",
-        "limit",
-        "n",
-        "headline (filter)",
-        "all metrics %",
-    ]
-    rows = []
-    for r in rows_data:
-        for task, c in r["cells"].items():
-            rows.append(
-                [
-                    r["model"],
-                    task,
-                    str(c["lm_eval_task"]),
-                    str(c["n_shot"]),
-                    str(c["chat_template"]),
-                    "–" if c["limit"] is None else str(c["limit"]),
-                    str(c["n"]),
-                    f"{c['metric']}",
-                    "; ".join(f"{k} {pct(v)}" for k, v in c["metrics"].items()),
-                ]
-            )
-    blocks.append(("p", "Exact evaluation settings under each number:"))
-    blocks.append(("table", headers, rows))
-    data["adapter_checks"] = (run.done.get("evaluate") or {}).get("adapter_checks", {})
-    blocks += adapter_check_notes(data["adapter_checks"])
-    plot_table1(data, out / "table1.png")
-    blocks.append(("img", "table1.png", "Table 1"))
-    return data, blocks
-
-
-def _settings(cell: dict) -> str:
-    chat = "chat template" if cell["chat_template"] else "no chat template"
-    limit = "" if cell["limit"] is None else f", limit {cell['limit']}"
-    return f"lm-eval `{cell['lm_eval_task']}`, {cell['n_shot']}-shot, {chat}{limit}"
-
-
-def section_traces(run: Run, out: Path) -> tuple[dict, list[Block]]:
+def section_traces(run: RunView, out: Path) -> tuple[dict, list[Block]]:
     """Baseline sampling, the SFT sets, and the online stage's traces, pairs and optimizer steps."""
     data: dict[str, Any] = {}
     blocks: list[Block] = [("h", 2, "Trace quality")]
@@ -267,7 +119,7 @@ def section_traces(run: Run, out: Path) -> tuple[dict, list[Block]]:
     return data, blocks
 
 
-def _baseline_part(run: Run) -> tuple[dict, list[Block]]:
+def _baseline_part(run: RunView) -> tuple[dict, list[Block]]:
     base = run.done.get("baseline")
     if not base:
         return {}, [note("Baseline stage has not run: no baseline/done.json.")]
@@ -282,7 +134,7 @@ def _baseline_part(run: Run) -> tuple[dict, list[Block]]:
     ]
 
 
-def _sft_part(run: Run) -> tuple[dict, list[Block]]:
+def _sft_part(run: RunView) -> tuple[dict, list[Block]]:
     comp = run.done.get("compile")
     if not comp:
         return {}, [note("Compile stage has not run: no compile/done.json.")]
@@ -411,7 +263,7 @@ def _updates_part(lines: list[dict], out: Path) -> tuple[dict, list[Block]]:
     ]
 
 
-def section_time(run: Run, out: Path) -> tuple[dict, list[Block]]:
+def section_time(run: RunView, out: Path) -> tuple[dict, list[Block]]:
     blocks: list[Block] = [("h", 2, "Where the time went")]
     data: dict[str, Any] = {}
     if run.progress:
@@ -486,7 +338,7 @@ def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
         out[prefix] = value
 
 
-def section_provenance(run: Run) -> tuple[dict, list[Block]]:
+def section_provenance(run: RunView) -> tuple[dict, list[Block]]:
     blocks: list[Block] = [("h", 2, "Provenance")]
     if run.provenance is None:
         return {}, blocks + [note("No provenance.json in the run folder.")]

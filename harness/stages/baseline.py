@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import time
 
-from harness.batches import run_batches
-from harness.data import load_source
+from harness.config.recipe import Recipe
+from harness.data.records import load_source
 from harness.generation.engine import Engine
-from harness.recipe import Recipe
-from harness.rundir import RunDir
-from harness.seeds import seed_for
-from harness.strategies.answers import one_pass
+from harness.run.batches import run_batches
+from harness.run.folder import RunDir
+from harness.run.seeds import seed_for
+from harness.strategies.one_pass import one_pass
 
 STAGE = "baseline"
 

@@ -27,18 +27,19 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from harness.batches import run_batches
-from harness.console import Progress
-from harness.data import load_source
-from harness.distributed import is_main, local_rank, pin_device, wait_for, world_size
-from harness.metrics import open_metrics
-from harness.models import chat_example, free_memory, resolve_device
-from harness.pipeline import LazyEngine
-from harness.recipe import Recipe
-from harness.rundir import RunDir, RunError, read_jsonl, write_json, write_jsonl
-from harness.seeds import seed_for
-from harness.stages.online import load_trained_adapters
+from harness.config.recipe import Recipe
+from harness.data.records import load_source
+from harness.errors import RunError
+from harness.generation.lazy import LazyEngine
+from harness.modeling.models import chat_example, free_memory, resolve_device
+from harness.run.batches import run_batches
+from harness.run.console import ProgressBar
+from harness.run.distributed import is_main, local_rank, pin_device, wait_for, world_size
+from harness.run.folder import RunDir, read_jsonl, write_json, write_jsonl
+from harness.run.metrics import open_metrics
+from harness.run.seeds import seed_for
 from harness.strategies import build_strategy
+from harness.training.checkpoints import load_trained_adapters
 
 STAGE = "compile"
 
@@ -151,7 +152,7 @@ def sft(recipe: Recipe, examples: list[dict], out: Path, device: str) -> dict:
     from trl import SFTConfig as TRLSFTConfig
     from trl import SFTTrainer
 
-    from harness.models import load_base, lora_config
+    from harness.modeling.models import load_base, lora_config
 
     cfg = recipe.compile.sft
     start = time.perf_counter()
@@ -211,7 +212,7 @@ class ShowProgress(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kwargs) -> None:
         if is_main():
-            self.bar = Progress(self.desc, state.max_steps, "step")
+            self.bar = ProgressBar(self.desc, state.max_steps, "step")
 
     def on_log(self, args, state, control, logs=None, **kwargs) -> None:
         if self.bar is not None and logs and "loss" in logs:
@@ -269,7 +270,7 @@ def train_in_children(recipe: Recipe, sets: dict[str, list[dict]], folder: Path,
     for device in devices[:children]:
         free.put(visible_gpus(device))
     threads = max(1, (os.cpu_count() or 1) // children)  # CPU children share the cores rather than oversubscribe
-    bar = Progress("compile", len(sets), "SFT")
+    bar = ProgressBar("compile", len(sets), "SFT")
     errors: dict[str, BaseException] = {}
     with ProcessPoolExecutor(children, mp_context=context, initializer=pin_device,
                              initargs=(free, threads, os.getpid())) as pool:

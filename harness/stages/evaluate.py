@@ -15,12 +15,13 @@ from __future__ import annotations
 import json
 import time
 
-from harness.console import Progress, say
+from harness.config.recipe import Recipe
 from harness.evaluation.lm_eval import check_adapter, evaluate_model, lora_b_norm
 from harness.generation.engine import vllm_engine_kwargs
-from harness.models import free_memory, saved_model_folder
-from harness.recipe import Recipe
-from harness.rundir import RunDir
+from harness.modeling.models import free_memory, saved_model_folder
+from harness.reporting.names import ONLINE_POLICY
+from harness.run.console import ProgressBar, say
+from harness.run.folder import RunDir
 
 STAGE = "evaluate"
 
@@ -33,7 +34,7 @@ def engine_args(recipe: Recipe) -> dict:
         args.pop("enable_sleep_mode", None)
         return args | {"dtype": recipe.model.dtype, "seed": recipe.online.seed,
                        "data_parallel_size": recipe.runtime.vllm.eval_data_parallel_size}
-    from harness.models import resolve_device
+    from harness.modeling.models import resolve_device
 
     return {"dtype": recipe.model.dtype, "device": str(resolve_device(recipe.runtime.device))} | remote
 
@@ -46,7 +47,7 @@ def run_evaluate(recipe: Recipe, run: RunDir) -> dict:
     adapters: dict[str, str | None] = {"base": None}
     if run.is_done("online") and recipe.strategy.agents() == ["policy"]:
         # a one-agent method's online adapter is the paper's trained model (MCTS-DPO Table 1, SCDPO Table 2)
-        adapters["online-policy"] = str(run.path / "online" / "adapters" / "policy")
+        adapters[ONLINE_POLICY] = str(run.path / "online" / "adapters" / "policy")
     if run.is_done("compile"):
         for source, result in run.summary("compile")["sft"].items():
             if result.get("adapter"):
@@ -55,7 +56,7 @@ def run_evaluate(recipe: Recipe, run: RunDir) -> dict:
     models, checks = {}, {}
     tasks = len(recipe.eval.tasks)
     finished = [label for label in adapters if (folder / label / "records.json").is_file()]
-    shown = Progress("evaluate", len(adapters) * tasks, "task", initial=len(finished) * tasks)
+    shown = ProgressBar("evaluate", len(adapters) * tasks, "task", initial=len(finished) * tasks)
     for label, adapter in adapters.items():
         done = folder / label / "records.json"
         if not done.is_file():
@@ -77,7 +78,7 @@ def run_evaluate(recipe: Recipe, run: RunDir) -> dict:
 
 def _checked(folder, label: str, adapter: str) -> dict:
     """check_adapter's record for one evaluated adapter; an online policy that never stepped is a finding."""
-    if label == "online-policy" and lora_b_norm(adapter) == 0.0:
+    if label == ONLINE_POLICY and lora_b_norm(adapter) == 0.0:
         warning = f"{label} never stepped (its lora_B weights are all zero): the stream made no update"
         return {"lora_b_norm": 0.0, "warning": warning}
     return check_adapter(folder / "base", folder / label, adapter)

@@ -20,27 +20,26 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
-import shutil
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import torch
-
-from harness.batches import run_batches
-from harness.console import Progress, percent
-from harness.data import load_source
+from harness.config.recipe import Recipe
+from harness.data.records import load_source
+from harness.errors import NonFiniteLoss, RunError
 from harness.generation.engine import Engine
-from harness.generation.workers import WorkerPool, generation_pool
-from harness.metrics import open_metrics
-from harness.models import adapter_state, load_adapter_state
-from harness.progress import CURVES, ProgressLine
-from harness.recipe import Recipe
-from harness.rundir import RunDir, RunError, read_jsonl, write_atomic, write_json
-from harness.seeds import seed_for
+from harness.reporting import online_lines
+from harness.run.batches import run_batches
+from harness.run.console import ProgressBar, percent
+from harness.run.folder import RunDir, keep_lines, read_jsonl
+from harness.run.metrics import open_metrics
+from harness.run.progress import CURVES, ProgressLine
+from harness.run.seeds import seed_for
+from harness.stages.workers import WorkerPool, generation_pool
 from harness.strategies import build_strategy
-from harness.strategies.answers import zero_shot
-from harness.training.learner import DPOLearner, NonFiniteLoss
+from harness.strategies.one_pass import zero_shot
+from harness.training.checkpoints import load_checkpoint, save_checkpoint
+from harness.training.learner import DPOLearner
 
 STAGE = "online"
 
@@ -69,16 +68,10 @@ def train_online(recipe: Recipe, run: RunDir, engine: Engine, pool: WorkerPool |
     if start:
         adapters_updated(engine, pool, agents)
     progress = folder / "progress.jsonl"
-    # Lines written after the checkpoint (perhaps a torn last one) are dropped and recomputed identically.
-    kept = progress.read_text().splitlines()[:start] if progress.is_file() else []
-    if len(kept) < start:
-        raise RunError(f"{progress} has {len(kept)} lines but the checkpoint is at question {start}")
-    write_atomic(progress, "".join(raw + "\n" for raw in kept))
-
-    seen = [json.loads(raw) for raw in kept]
-    base_answers = pool.zero_shot if pool else functools.partial(zero_shot, engine)
+    seen = resumed_lines(progress, start)
+    base_answers = pool.zero_shot if pool else functools.partial(zero_shot, engine, cfg.strategy)
     curves = measure_curves(recipe, folder, generation, base_answers, stream)
-    shown = Progress("online", len(stream), "question", initial=start)
+    shown = ProgressBar("online", len(stream), "question", initial=start)
     # A resumed stage replays its kept lines, so its curves read as one never killed (a crash loses only the points
     # the sink had not flushed, which the resumed stage writes again).
     metrics = open_metrics(recipe, run.path)
@@ -109,13 +102,7 @@ def train_online(recipe: Recipe, run: RunDir, engine: Engine, pool: WorkerPool |
                        "curves_seconds": answers.get("seconds", 0.0),
                        **{key: value * share for key, value in phase_seconds.items() if key != "generate_seconds"},
                        "update_seconds": time.perf_counter() - t0}
-            line = ProgressLine(
-                index=index, id=record.id, correct_before=solution.correct, extracted=solution.extracted,
-                pairs={a: sum(p.agent == a for p in play.pairs) for a in agents},
-                pair_nodes=[p.node for p in play.pairs], updates=updates, tokens=solution.tokens + play.tokens,
-                seconds=seconds, curves={key: answers[key] for key in CURVES.values() if key in answers},
-                strategy=solution.log | play.log,
-            ).to_json()
+            line = progress_line(index, record.id, solution, play, updates, seconds, answers, agents)
             with progress.open("a") as fh:
                 fh.write(json.dumps(line) + "\n")
             seen.append(line)
@@ -141,6 +128,27 @@ def train_online(recipe: Recipe, run: RunDir, engine: Engine, pool: WorkerPool |
     summary |= {"skipped_rows": loaded.skipped, "adapters": str(adapters)}
     run.mark_done(STAGE, summary)
     return summary
+
+
+def resumed_lines(progress: Path, start: int) -> list[dict]:
+    """The progress lines up to the checkpoint at `start`; lines written after it (perhaps a torn last one) are
+    dropped, to be recomputed identically."""
+    kept = keep_lines(progress, start)
+    if len(kept) < start:
+        raise RunError(f"{progress} has {len(kept)} lines but the checkpoint is at question {start}")
+    return [json.loads(raw) for raw in kept]
+
+
+def progress_line(index: int, question_id: str, solution, play, updates: dict, seconds: dict, answers: dict,
+                  agents: list[str]) -> dict:
+    """One question's line of progress.jsonl: the core every strategy writes plus the strategy's own fields."""
+    return ProgressLine(
+        index=index, id=question_id, correct_before=solution.correct, extracted=solution.extracted,
+        pairs={a: sum(p.agent == a for p in play.pairs) for a in agents},
+        pair_nodes=[p.node for p in play.pairs], updates=updates, tokens=solution.tokens + play.tokens,
+        seconds=seconds, curves={key: answers[key] for key in CURVES.values() if key in answers},
+        strategy=solution.log | play.log,
+    ).to_json()
 
 
 def windows(start: int, total: int, recipe: Recipe) -> Iterator[tuple[int, int]]:
@@ -198,8 +206,7 @@ def train_after_stream(recipe: Recipe, folder: Path, model, learners: dict[str, 
     """`after_stream`: `epochs` passes over every pair of the stream, a checkpoint and a line of epochs.jsonl after
     each (a resumed run goes on from the last whole epoch)."""
     epochs = folder / "epochs.jsonl"
-    kept = epochs.read_text().splitlines()[:epochs_done] if epochs.is_file() else []
-    write_atomic(epochs, "".join(raw + "\n" for raw in kept))
+    keep_lines(epochs, epochs_done)
     for epoch in range(epochs_done, recipe.online.dpo.epochs):
         t0 = time.perf_counter()
         with stopped_at(f"epoch {epoch} after the stream", folder):
@@ -263,55 +270,6 @@ def summarize(lines: list[dict]) -> dict:
         "frozen_accuracy": rate("frozen_correct"),
         "zero_shot_accuracy": rate("zero_shot_correct"),
         "pairs": {a: sum(line["pairs"][a] for line in lines) for a in agents},
-        "tokens": sum(line["tokens"] for line in lines),
-        "seconds": {k: sum(line[k] for line in lines) for k in lines[0] if k.endswith("_seconds")} if lines else {},
+        "tokens": online_lines.tokens(lines),
+        "seconds": online_lines.phase_seconds(lines),
     }
-
-
-def save_checkpoint(folder: Path, model, learners: dict[str, DPOLearner], agents: list[str], position: int,
-                    epochs: int = 0) -> None:
-    """Write ckpt-<position>[-epoch<n>]/ completely, then point `checkpoint/latest` at it atomically."""
-    root = folder / "checkpoint"
-    name = f"ckpt-{position:06d}" + (f"-epoch{epochs}" if epochs else "")
-    target = root / name
-    tmp = root / f".tmp-{name}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    torch.save({agent: adapter_state(model, agent) for agent in agents}, tmp / "adapters.pt")
-    torch.save({agent: learner.state_dict() for agent, learner in learners.items()}, tmp / "learners.pt")
-    state = {"position": position} | ({"epochs": epochs} if epochs else {})  # epochs: after the stream only
-    write_json(tmp / "state.json", state)
-    shutil.rmtree(target, ignore_errors=True)
-    tmp.rename(target)
-    write_json(root / "latest.json", {"checkpoint": target.name} | state)
-    for old in [*root.glob("ckpt-*"), *root.glob(".tmp-*")]:  # superseded, or left by a killed save
-        if old != target:
-            shutil.rmtree(old, ignore_errors=True)
-
-
-def load_checkpoint(folder: Path, model, learners: dict[str, DPOLearner]) -> tuple[int, int]:
-    """Restore adapters and learners from the latest checkpoint; the stream position to go on from and the
-    epochs after the stream already trained."""
-    latest = folder / "checkpoint" / "latest.json"
-    if not latest.is_file():
-        return 0, 0
-    meta = json.loads(latest.read_text())
-    ckpt = folder / "checkpoint" / meta["checkpoint"]
-    load_adapters_file(ckpt / "adapters.pt", model)
-    states = torch.load(ckpt / "learners.pt")
-    for agent, learner in learners.items():
-        learner.load_state_dict(states[agent])
-    return meta["position"], meta.get("epochs", 0)
-
-
-def load_trained_adapters(folder: Path, model) -> None:
-    """Put the finished online stage's adapters (its last checkpoint, bit-exact) on `model`."""
-    if not (folder / "done.json").is_file():
-        raise RunError(f"{folder} has no finished online stage: run `harness run online` first")
-    meta = json.loads((folder / "checkpoint" / "latest.json").read_text())
-    load_adapters_file(folder / "checkpoint" / meta["checkpoint"] / "adapters.pt", model)
-
-
-def load_adapters_file(path: Path, model) -> None:
-    for name, state in torch.load(path).items():
-        load_adapter_state(model, name, state)

@@ -24,74 +24,16 @@ import contextlib
 import copy
 import math
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
 
-from harness.errors import NonFiniteLoss
-from harness.models import adapter_state, load_adapter_state
-from harness.seeds import seed_for
-from harness.training.dpo_config import DPOConfig
-
-
-@dataclass
-class Pair:
-    agent: str
-    """Which adapter learns from it (e.g. `answer` or `stop` for Flow-DPO, `policy` for one-agent methods)."""
-    prompt_ids: list[int]
-    chosen_ids: list[int]
-    rejected_ids: list[int]
-    node: str = ""
-    """Where it came from, e.g. `answer:2` (chunk 2) or `stop:1`."""
-    label_smoothing: float | None = None
-    """This pair's conservative-DPO smoothing (MCTS-DPO's visit-count confidence); None: the recipe's."""
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-def completion_logps(model: torch.nn.Module, prompts: list[list[int]], completions: list[list[int]],
-                     pad_id: int) -> torch.Tensor:
-    """Sum of log P(completion | prompt) per row, from one right-padded forward pass.
-
-    A sequence's last token is never read as input, so sequences that agree on all but their last token share one
-    forward row: a Stop pair's chosen and rejected (Yes and No after the same prompt) cost one row, not two."""
-    seqs = [p + c for p, c in zip(prompts, completions)]
-    fed: dict[tuple[int, ...], int] = {}  # tokens fed -> forward row
-    row_of = [fed.setdefault(tuple(s[:-1]), len(fed)) for s in seqs]
-    width = max(len(tokens) for tokens in fed)
-    device = next(model.parameters()).device
-    ids = torch.full((len(fed), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(fed), width), dtype=torch.long)
-    for row, tokens in enumerate(fed):
-        ids[row, : len(tokens)] = torch.tensor(tokens)
-        mask[row, : len(tokens)] = 1
-    # Sequence i's completion token at position t is predicted by the hidden state of its row at t - 1.
-    index = [(row_of[i], t - 1, s[t]) for i, (p, s) in enumerate(zip(prompts, seqs)) for t in range(len(p), len(s))]
-    if not index:  # only empty completions: each is certain
-        return torch.zeros(len(seqs), device=device)
-    rows, positions, targets = (torch.tensor(column, device=device) for column in zip(*index))
-    hidden = model.get_decoder()(input_ids=ids.to(device), attention_mask=mask.to(device),
-                                 use_cache=False).last_hidden_state
-    logits = model.get_output_embeddings()(hidden[rows, positions]).float()
-    token_logps = torch.log_softmax(logits, -1).gather(-1, targets[:, None])[:, 0]
-    return sequence_sums(token_logps, [len(c) for c in completions])
-
-
-def sequence_sums(values: torch.Tensor, lengths: list[int]) -> torch.Tensor:
-    """Per sequence, the sum of its `lengths[i]` consecutive values, added one position after another.
-
-    That is the order a CPU `index_add` adds them in, so the sums are its bits; on CUDA `index_add` adds with
-    atomics in whatever order threads finish, and two runs of the same DPO step (a run resumed from a checkpoint
-    and one never stopped) would differ in their last bits. Padding adds exact zeros, which change no sum."""
-    rows = torch.tensor([s for s, n in enumerate(lengths) for _ in range(n)], device=values.device)
-    columns = torch.tensor([t for n in lengths for t in range(n)], device=values.device)
-    padded = values.new_zeros((len(lengths), max(lengths))).index_put((rows, columns), values)
-    total = values.new_zeros(len(lengths))
-    for position in range(padded.shape[1]):
-        total = total + padded[:, position]
-    return total
+from harness.config.dpo import DPOConfig
+from harness.errors import NonFiniteLoss, RecipeError
+from harness.modeling.logprobs import completion_logps
+from harness.modeling.models import adapter_state, load_adapter_state
+from harness.run.seeds import seed_for
+from harness.training.pairs import Pair
 
 
 def micro_batches(pairs: list[Pair], max_tokens: int) -> list[list[Pair]]:
@@ -122,8 +64,9 @@ def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_cho
 
 class DPOLearner:
     """Online DPO for one adapter. Reference: the same model with adapters disabled (`base`), or a frozen copy of
-    the adapter kept as a second peft adapter `<agent>_ref` (`snapshot`; the predecessor code keeps such a copy and
-    moves it toward the trained one every 100 episodes: here it is replaced every `reference_refresh_every` steps).
+    the adapter kept as a second peft adapter `<agent>_ref` (`snapshot`; github.com/pmineiro/musique-off keeps such
+    a copy and moves it toward the trained one every 100 episodes: here it is replaced every
+    `reference_refresh_every` steps).
     """
 
     def __init__(self, model: torch.nn.Module, agent: str, cfg: DPOConfig, pad_id: int,
@@ -133,7 +76,7 @@ class DPOLearner:
         config = getattr(model, "config", None)
         for field in ("final_logit_softcapping", "logit_scale"):  # Gemma-2, Cohere: logits are not head(hidden)
             if getattr(config, field, None) not in (None, 1, 1.0):
-                raise ValueError(f"the learner reads log-probs as head(hidden state); model config {field} = "
+                raise RecipeError(f"the learner reads log-probs as head(hidden state); model config {field} = "
                                  f"{getattr(config, field)} changes the logits after the head, which it does not do")
         self.params = [p for n, p in model.named_parameters() if "lora_" in n and f".{agent}." in n]
         if not self.params:
