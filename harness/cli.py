@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -11,8 +13,20 @@ from harness.config.recipe import list_recipes, load_recipe, recipe_path
 from harness.errors import HarnessError, RecipeError
 from harness.run.console import configure, say
 
-# OS errors about a path the user named: their message names the file, which is the sentence to print.
-USER_OS_ERRORS = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
+# OS errors about the user's files and disks (a path named on the command line, a read-only or full run folder):
+# said in a sentence that names the file. Any other OSError is a bug and keeps its traceback.
+USER_ERRNOS = {errno.ENOENT, errno.EISDIR, errno.ENOTDIR, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC,
+               errno.EDQUOT, errno.EEXIST, errno.ENAMETOOLONG}
+
+
+def user_error(err: BaseException) -> str | None:
+    """The sentence the CLI prints for a user-facing error; None for a bug."""
+    if isinstance(err, HarnessError):
+        return str(err)
+    if isinstance(err, OSError) and err.errno in USER_ERRNOS:
+        where = f"{err.filename}: " if err.filename else ""
+        return f"{where}{err.strerror or err} (errno {errno.errorcode.get(err.errno, err.errno)})"
+    return None
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -76,6 +90,9 @@ def prepare_run(args: argparse.Namespace):
     run = RunDir(args.run_dir or RunDir.default_path(recipe, "rehearsal" if args.rehearse else None))
     run.prepare(recipe)
     say(f"run folder: {run.path}")
+    if recipe.model.trust_remote_code:
+        say(f"warning: model.trust_remote_code is true: loading {recipe.model.name} runs the Python code of its "
+            "repository on this machine")
     return recipe, run
 
 
@@ -292,10 +309,14 @@ def main(argv: list[str] | None = None) -> int:
     configure(quiet=args.quiet, verbose=args.verbose)
     try:
         return args.func(args)
-    except (HarnessError, *USER_OS_ERRORS) as err:  # anything else is a bug: its traceback is shown
-        if args.debug:
+    except BrokenPipeError:  # the reader of stdout went away (`harness show tiny | head -1`): nothing more to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except Exception as err:
+        sentence = user_error(err)
+        if sentence is None or args.debug:
             raise
-        print(f"harness: error: {err} (--debug shows the traceback)", file=sys.stderr)
+        print(f"harness: error: {sentence} (--debug shows the traceback)", file=sys.stderr)
         return 2
 
 

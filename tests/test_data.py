@@ -62,3 +62,18 @@ def test_parquet_and_errors(tmp_path):
     bad.write_text('{"question": "a", "answer": "#### 1"}\n{not json\n')
     with pytest.raises(DataError, match="bad.jsonl:2"):
         load_source(DataSource(source=str(bad), format="gsm8k"))
+
+
+def test_a_source_with_no_usable_row_is_an_error_that_says_why(tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    with pytest.raises(DataError, match="no usable row out of 0"):
+        load_source(DataSource(source=str(empty), format="gsm8k"))
+    odd = tmp_path / "odd.jsonl"
+    odd.write_text('[1, 2]\n{"question": "q", "answer": "no number here"}\n')
+    with pytest.raises(DataError, match=r"no usable row out of 2 \(.*row 1: a list, not an object.*row 2: no usable"):
+        load_source(DataSource(source=str(odd), format="gsm8k"))
+    latin = tmp_path / "latin.jsonl"
+    latin.write_bytes('{"question": "caf\u00e9", "answer": "#### 1"}\n'.encode("latin-1"))
+    with pytest.raises(DataError, match=r"latin.jsonl:1: not UTF-8 text"):
+        load_source(DataSource(source=str(latin), format="gsm8k"))

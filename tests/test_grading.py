@@ -466,3 +466,27 @@ def test_grade_file_malformed_line(tmp_path: Path, bad_line: str, message: str) 
     path = _write_jsonl(tmp_path / "preds.jsonl", [good, good, bad_line, good])
     with pytest.raises(ValueError, match=message):
         grade_file(path, "gsm8k")
+
+
+@pytest.mark.parametrize(
+    "prediction, gold, correct",
+    [
+        ("#### 2e3", "2", False),  # scientific notation is its value, not its mantissa
+        ("#### 2e3", "2000", True),
+        ("#### 1.5e-3", "0.0015", True),
+        ("#### 1e999999", "1", False),  # no float overflow, no 10**999999 built to find it unequal
+        ("#### 1e999999", "1e999999", True),
+        ("#### 1e1001", "1" + "0" * 1001, True),
+        ("#### " + "9" * 5000, "9" * 5000, True),  # past Python's 4,300-digit int limit: compared exactly
+        ("#### " + "9" * 5000, "9" * 4999 + "8", False),
+    ],
+)
+def test_numbers_compare_by_exact_value(prediction: str, gold: str, correct: bool) -> None:
+    assert grade(prediction, gold, "gsm8k").correct is correct
+
+
+def test_a_gold_answer_of_thousands_of_digits_is_graded_not_fatal(tmp_path: Path) -> None:
+    rows = [{"prediction": "#### " + "7" * 4400, "answer": "7" * 4400}, {"prediction": "#### 3", "answer": "4"}]
+    path = tmp_path / "big.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    assert grade_file(path, "gsm8k") == {"n": 2, "correct": 1, "accuracy": 0.5, "unparsed": 0}

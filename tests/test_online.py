@@ -24,7 +24,7 @@ from safetensors.torch import load_file
 import harness.stages.online as online_mod
 import harness.training.learner as learner_mod
 from harness.cli import main as cli_main
-from harness.errors import NonFiniteLoss, RunError
+from harness.errors import DataError, NonFiniteLoss, RunError
 from harness.generation.engine import Engine
 from harness.generation.prompts import Prompter
 from harness.modeling.models import adapter_state
@@ -577,3 +577,63 @@ def test_a_latest_json_that_leads_out_of_the_checkpoints_is_refused(tmp_path, na
     assert checkpoint_dir(tmp_path, {"checkpoint": "ckpt-000002"}) == good.resolve()
     with pytest.raises(RunError, match="not a checkpoint folder"):
         checkpoint_dir(tmp_path, {"checkpoint": name})
+
+
+def test_trust_remote_code_is_named_at_every_start(tmp_path, monkeypatch, capsys):
+    import harness.stages.pipeline
+
+    monkeypatch.setattr(harness.stages.pipeline, "run_stage", lambda *args, **kwargs: {})
+    trusting = ["run", "online", "tiny", "--run-dir", str(tmp_path / "run"), "model.trust_remote_code=true"]
+    for _ in range(2):
+        assert cli_main(trusting) == 0
+        assert "warning: model.trust_remote_code is true: loading tiny runs the Python code" in capsys.readouterr().err
+    assert cli_main(["run", "online", "tiny", "--run-dir", str(tmp_path / "other")]) == 0
+    assert "warning:" not in capsys.readouterr().err
+
+
+def test_a_resume_on_edited_training_data_is_refused_naming_the_source(tmp_path, scripted_setup, monkeypatch):
+    """Killed after its checkpoint at question 2, the data file edited, started again: refused, nothing written."""
+    recipe, make_engine = scripted_setup
+    real = online_mod.save_checkpoint
+
+    def save_then_die(folder, model, learners, agents, position, epochs=0):
+        real(folder, model, learners, agents, position, epochs)
+        raise KeyboardInterrupt  # stands for the kill: the checkpoint at 2 is the last one written
+
+    monkeypatch.setattr(online_mod, "save_checkpoint", save_then_die)
+    run = RunDir(tmp_path / "run")
+    with pytest.raises(KeyboardInterrupt):
+        run_online(recipe, run, make_engine())
+    monkeypatch.setattr(online_mod, "save_checkpoint", real)
+    before = (tmp_path / "run" / "online" / "progress.jsonl").read_text()
+    data = Path(recipe.data.train.source)
+    data.write_text(data.read_text().replace("What is 5+5?", "What is 6+6?"))
+    with pytest.raises(RunError, match=f"the train data '{data}' changed since"):
+        run_online(recipe, run, make_engine())
+    assert (tmp_path / "run" / "online" / "progress.jsonl").read_text() == before
+    data.write_text(data.read_text().replace("What is 6+6?", "What is 5+5?"))  # restored: the run goes on
+    assert run_online(recipe, run, make_engine())["questions"] == 3
+
+
+def test_a_question_longer_than_the_context_is_refused_naming_its_row(tmp_path, scripted_setup):
+    recipe, make_engine = scripted_setup
+    data = Path(recipe.data.train.source)
+    rows = [json.loads(line) for line in data.read_text().splitlines()]
+    rows[1]["question"] = "What is 5+5? " * 2000  # 26,000 characters: past the tiny model's 4,096 positions
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    with pytest.raises(DataError, match=r"row train-1: its prompt is \d+ tokens, more than the \d+ the model's "
+                                        r"context \(4096\) leaves"):
+        run_online(recipe, RunDir(tmp_path / "run"), make_engine())
+    assert not (tmp_path / "run" / "online" / "progress.jsonl").exists()
+
+
+def test_a_checkpoint_missing_its_learners_says_how_to_go_on(tmp_path, scripted_setup, monkeypatch):
+    recipe, make_engine = scripted_setup
+    with monkeypatch.context() as patch:
+        crash_before_checkpoint(patch, at=3)
+        with pytest.raises(Crash):
+            run_online(recipe, RunDir(tmp_path / "run"), make_engine())
+    (tmp_path / "run" / "online" / "checkpoint" / "ckpt-000002" / "learners.pt").unlink()
+    with pytest.raises(RunError, match=r"ckpt-000002 lacks learners.pt, so the stage cannot go on from question 2: "
+                                       r"restore the file\(s\), or remove .*online to run the stage again"):
+        run_online(recipe, RunDir(tmp_path / "run"), make_engine())

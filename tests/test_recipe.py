@@ -191,3 +191,12 @@ def test_every_strategy_name_has_a_folder_with_its_class():
     for name in TAGS:
         cls = import_module(f"harness.strategies.{name}.strategy").STRATEGY
         assert all(callable(getattr(cls, method, None)) for method in ("solve", "play", "timings")), name
+
+
+@pytest.mark.parametrize("override", ["online.questions=true", "online.questions=yes", "online.dpo.lr=true",
+                                      "online.strategy.chunk_size=no"])
+def test_a_boolean_is_not_a_number(override):
+    key = override.split("=")[0].rsplit(".", 1)[1]
+    with pytest.raises(RecipeError, match=f"{key}: (True|False) is a boolean, not a number"):
+        load_recipe("tiny", [override])
+    assert load_recipe("tiny", ["model.chat_template=true"]).model.chat_template is True  # a boolean field takes one

@@ -478,3 +478,25 @@ def test_compare_against_the_paper(tmp_path: Path) -> None:
     assert "paper phi3-medium %" in text and "paper llama3-8b %" not in text and "38.6" in text
     with pytest.raises(CompareError, match="not in flow-dpo"):
         compare([plain], "flow-dpo", {}, paper_model="gpt-4")
+
+
+def test_report_writes_nothing_where_there_is_no_run_folder_and_keeps_what_it_did_not_write(tmp_path: Path) -> None:
+    from harness.errors import ReportError
+
+    not_a_run = tmp_path / "thesis"
+    (not_a_run / "report").mkdir(parents=True)
+    (not_a_run / "report" / "thesis.md").write_text("mine")
+    with pytest.raises(ReportError, match="not a run folder"):
+        write_report(not_a_run)
+    assert (not_a_run / "report" / "thesis.md").read_text() == "mine"
+    with pytest.raises(ReportError, match="not a run folder"):
+        write_report(tmp_path / "missing")
+    assert not (tmp_path / "missing").exists()
+
+    run = make_run(tmp_path, stages=())
+    (run / "report").mkdir()
+    (run / "report" / "notes.md").write_text("mine")
+    (run / "report" / "table1.png").write_bytes(b"stale")  # an earlier report's figure this one does not draw
+    write_report(run)
+    assert (run / "report" / "notes.md").read_text() == "mine" and (run / "report" / "report.md").is_file()
+    assert not (run / "report" / "table1.png").exists()

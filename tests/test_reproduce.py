@@ -123,6 +123,24 @@ def test_resume_mid_stage_gives_same_results(finished, tmp_path):
     assert digest(copy) == digest(finished)
 
 
+def test_a_moved_run_folder_resumes_reports_and_compares_where_it_is(finished, tmp_path):
+    """Copied elsewhere with its evaluation deleted, while the original is out of reach: the evaluate stage finds
+    the SFT adapters inside the copy, and report and compare work there."""
+    moved = tmp_path / "elsewhere" / "run"
+    shutil.copytree(finished, moved)
+    shutil.rmtree(moved / "evaluate")
+    hidden = finished.with_name("hidden")
+    finished.rename(hidden)
+    try:
+        reproduce(moved)
+    finally:
+        hidden.rename(finished)
+    assert digest(moved) == digest(finished)
+    for args in (["report", str(moved)], ["compare", str(finished), str(moved)]):
+        res = subprocess.run([sys.executable, "-m", "harness.cli", *args], capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0, res.stderr[-2000:]
+
+
 def test_report_numbers_equal_the_run_files(finished):
     """The report of a real tiny run: its numbers are the logs' and lm-eval's, recomputed here."""
     report = json.loads((finished / "report/report.json").read_text())

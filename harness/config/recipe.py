@@ -309,7 +309,12 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     key, raw = text.split("=", 1)
     if not key:
         raise RecipeError(f"override {text!r} has no key")
-    return key.split("."), yaml.safe_load(raw)
+    try:
+        return key.split("."), yaml.safe_load(raw)
+    except yaml.YAMLError as err:
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise RecipeError(f"override {text!r}: the value is not valid YAML ({problem}); quote it, or close its "
+                          "brackets") from None
 
 
 def apply_override(data: dict, path: list[str], value: Any, where: str) -> None:
@@ -355,15 +360,51 @@ def validate_named(model: type[BaseModel], data: dict, path: Path, key: str, err
     return obj
 
 
+MAX_YAML_BYTES = 1 << 20
+"""The largest recipe or paper file read (recipes are a few KB)."""
+MAX_YAML_NODES = 100_000
+"""The most values a file may hold once its `*alias` references are expanded (recipes hold a few hundred): each
+alias can stand for a whole subtree, so a few nested ones expand to gigabytes once validated (the "billion
+laughs")."""
+
+
 def read_yaml_mapping(path: Path, error: type[Exception]) -> dict:
-    """A YAML file that must hold a mapping; anything else raises `error` naming the file."""
+    """A YAML file that must hold a mapping, within the bounds above; anything else raises `error` naming the
+    file."""
+    if path.stat().st_size > MAX_YAML_BYTES:
+        raise error(f"{path}: {path.stat().st_size} bytes, more than a recipe may hold ({MAX_YAML_BYTES})")
     try:
-        data = yaml.safe_load(path.read_text())
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise error(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    try:
+        if expanded_size(yaml.compose(text, Loader=yaml.SafeLoader), {}) > MAX_YAML_NODES:
+            raise error(f"{path}: its aliases expand to more than {MAX_YAML_NODES} values, more than a recipe may "
+                        "hold (a recipe holds a few hundred)")
+        data = yaml.safe_load(text)
     except yaml.YAMLError as err:
-        raise error(f"{path}: not valid YAML: {err}") from err
+        raise error(f"{path}: not valid YAML: {err}") from None
     if not isinstance(data, dict):
         raise error(f"{path}: the file must hold a mapping of sections, got {type(data).__name__}")
     return data
+
+
+def expanded_size(node: yaml.Node | None, sizes: dict[int, int]) -> int:
+    """How many values a composed YAML node stands for with every alias expanded, counted without expanding (each
+    node once); a node that contains itself counts as unbounded."""
+    if node is None:
+        return 0
+    if id(node) in sizes:
+        if sizes[id(node)] < 0:
+            return MAX_YAML_NODES + 1  # an alias inside its own anchor: endless once expanded
+        return sizes[id(node)]
+    sizes[id(node)] = -1
+    if isinstance(node, yaml.MappingNode):
+        children = [child for pair in node.value for child in pair]
+    else:
+        children = node.value if isinstance(node, yaml.SequenceNode) else []
+    sizes[id(node)] = min(1 + sum(expanded_size(child, sizes) for child in children), MAX_YAML_NODES + 1)
+    return sizes[id(node)]
 
 
 def format_errors(err: ValidationError) -> str:

@@ -6,15 +6,26 @@ harness/strategies/) can use them without importing the whole recipe schema.
 
 from __future__ import annotations
 
-from typing import Literal
+import types
+from typing import Any, Literal, Union, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_validator
 
 
 class Section(BaseModel):
-    """Base for every recipe section: unknown keys are errors, docstrings describe fields."""
+    """Base for every recipe section: unknown keys are errors, docstrings describe fields, and a number field
+    refuses a boolean (pydantic would read `questions: true`, or YAML's `yes`, as 1)."""
 
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_booleans_for_numbers(cls, data: Any) -> Any:
+        for key, value in data.items() if isinstance(data, dict) else ():
+            field = cls.model_fields.get(key)
+            if isinstance(value, bool) and field is not None and _numeric(field.annotation):
+                raise ValueError(f"{key}: {value!r} is a boolean, not a number")
+        return data
 
 
 class LoraSpec(Section):
@@ -36,3 +47,9 @@ class PromptTemplate(Section):
     user: str
     """User message; `{question}` (and `{partial_answer}` where a template splices in generated ids) are filled
     in."""
+
+
+def _numeric(annotation: Any) -> bool:
+    """Whether a field takes a number and no boolean: `int`, `float`, or a union of them with None or str."""
+    options = get_args(annotation) if get_origin(annotation) in (Union, types.UnionType) else (annotation,)
+    return bool(set(options) & {int, float}) and bool not in options

@@ -7,6 +7,7 @@ skipped and counted, never a crash.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 from dataclasses import dataclass, field
@@ -39,6 +40,12 @@ class Loaded:
     skipped: list[str] = field(default_factory=list)
     """One line per skipped row: where it was and why."""
 
+    def fingerprint(self) -> str:
+        """A hash of the records as they will be used (ids, questions, gold answers and solutions, tasks): a
+        resumed run compares it with the one its provenance recorded, so edited data cannot mix into a run."""
+        rows = [[r.id, r.question, r.answer, r.solution, r.task] for r in self.records]
+        return hashlib.sha256(json.dumps(rows, ensure_ascii=False).encode()).hexdigest()
+
 
 def read_rows(source: DataSource) -> tuple[str, list[dict[str, Any]]]:
     """Raw rows of a source and a short name for ids."""
@@ -68,8 +75,12 @@ def read_rows(source: DataSource) -> tuple[str, list[dict[str, Any]]]:
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     rows = []
-    with path.open() as fh:
-        for lineno, line in enumerate(fh, 1):
+    with path.open("rb") as fh:
+        for lineno, raw in enumerate(fh, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise DataError(f"{path}:{lineno}: not UTF-8 text ({err.reason} at byte {err.start})") from None
             if not line.strip():
                 continue
             try:
@@ -81,6 +92,8 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 def to_record(row: dict[str, Any], fmt: str, task: str, rid: str) -> Record | str:
     """A Record, or the reason the row is unusable."""
+    if not isinstance(row, dict):
+        return f"a {type(row).__name__}, not an object with named fields"
     if fmt == "gsm8k":
         question, solution = row.get("question"), row.get("answer")
         answer = gold_answer(solution, "gsm8k") if isinstance(solution, str) else None
@@ -117,4 +130,9 @@ def load_source(source: DataSource) -> Loaded:
             loaded.skipped.append(f"{source.source} row {index + 1}: {item}")
         else:
             loaded.records.append(item)
+    if not loaded.records:
+        reasons = "; ".join(loaded.skipped[:3]) + (f"; and {len(loaded.skipped) - 3} more" if len(loaded.skipped) > 3
+                                                   else "")
+        raise DataError(f"data source {source.source!r}: no usable row out of {len(rows)}"
+                        + (f" ({reasons})" if reasons else "") + ": check the file, its `format` and `offset`")
     return loaded

@@ -28,6 +28,7 @@ from typing import Any
 from harness.config.recipe import EvalConfig, EvalTask
 from harness.data.records import BUNDLED_DIR
 from harness.errors import DroppedAdapterError, RecipeError, SetupError
+from harness.run.folder import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -195,7 +196,7 @@ def _write_task_outputs(task_dir: Path, results: dict) -> None:
     task_dir.mkdir(parents=True, exist_ok=True)
     samples = results.pop("samples", {}) or {}
     text = json.dumps(results, indent=2, default=handle_non_serializable, ensure_ascii=False)
-    (task_dir / "results.json").write_text(text + "\n", encoding="utf-8")
+    write_atomic(task_dir / "results.json", text + "\n")
     with (task_dir / "samples.jsonl").open("w", encoding="utf-8") as fh:
         for leaf, rows in samples.items():
             for row in rows:
@@ -244,8 +245,8 @@ def evaluate_model(
             if on_task is not None:
                 on_task(task.name)
     if probe is not None:
-        (run_dir / PROBE_FILE).write_text(json.dumps(probe) + "\n", encoding="utf-8")
-    (run_dir / "records.json").write_text(json.dumps(records, indent=2) + "\n", encoding="utf-8")
+        write_atomic(run_dir / PROBE_FILE, json.dumps(probe) + "\n")
+    write_atomic(run_dir / "records.json", json.dumps(records, indent=2) + "\n")  # written last: the label is done
     close_lm(lm)
     return records
 

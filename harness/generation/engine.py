@@ -12,6 +12,7 @@ import tempfile
 from pathlib import Path
 
 from harness.config.recipe import Recipe
+from harness.errors import DataError
 from harness.generation.backend import Backend, end_token_ids
 from harness.generation.prompts import Prompter
 from harness.modeling.models import base_model_folder, free_memory, load_base, with_adapters
@@ -94,6 +95,23 @@ class Engine:
             shutil.rmtree(workdir, ignore_errors=True)
         self._backend = None
         free_memory()
+
+    def check_prompts(self, records: list, source: str) -> None:
+        """Refuse a question whose prompt leaves the answer no room in the model's context, naming its row: one
+        oversized row would otherwise grow every batch it joins until memory runs out."""
+        context = getattr(self.model.config, "max_position_embeddings", None)
+        if context is None:
+            return
+        room = context - max(self.recipe.strategy.answer_budget(), self.base_answer_budget())
+        template = len(self.prompter.answer_prompt(""))
+        for record in records:
+            # a token covers at least one byte, so only a question with more bytes than the room needs encoding
+            if template + len(record.question.encode("utf-8")) > room:
+                length = len(self.prompter.answer_prompt(record.question))
+                if length > room:
+                    raise DataError(f"data source {source!r}, row {record.id}: its prompt is {length} tokens, "
+                                    f"more than the {room} the model's context ({context}) leaves beside an answer; "
+                                    "shorten or remove the row")
 
     def base_answer_budget(self) -> int:
         """Length of the base model's one-pass answers (baseline stage, zero-shot curve)."""

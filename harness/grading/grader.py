@@ -52,6 +52,9 @@ MATH_VERIFY_TIMEOUT_S = 2
 # Longer extracted answers are not sent to math-verify (garbage; parsing them would only burn the timeout).
 MATH_VERIFY_MAX_CHARS = 1000
 
+# Digits (or a power of ten) past which a number is compared as Decimal text, never as a Python int: Python refuses
+# to convert more than 4,300 digits, and 10**999999 is not worth building to find it unequal to 1.
+HUGE_DIGITS = 1000
 # Relative tolerance for comparing numbers of which at least one is not an integer (integers: exact).
 REL_TOL = Fraction(1, 10**6)
 
@@ -119,6 +122,7 @@ def _last_stated(found: list[tuple[int, str | None]]) -> str | None:
 _NUM_RE = re.compile(
     r"(?<![\w.])(?P<sign>[-\u2212])?\$?"
     r"(?:(?P<int>\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?P<dec>\.\d+)?|(?P<bare>\.\d+))"
+    r"(?P<exp>[eE][-+]?\d+)?"
     r"(?:\s?/\s?(?P<den>\d+)(?![\d.]))?"
 )
 _LATEX_FRAC_RE = re.compile(r"\\[dt]?frac\s*\{\s*([^{}]*)\}\s*\{\s*([^{}]*)\}")
@@ -132,12 +136,19 @@ def _prep_numeric(text: str) -> str:
 
 
 def _canonical_number(m: re.Match[str]) -> str | None:
-    """Canonical string for a number match: ``12``, ``-3``, ``2.5``, ``3/4``."""
+    """Canonical string for a number match: ``12``, ``-3``, ``2.5``, ``3/4``, ``2e3`` -> ``2000``; a number too long
+    to write out (``HUGE_DIGITS``) in Decimal's normalised scientific form (``1E+999999``), equal for equal values."""
     int_part = (m.group("int") or "0").replace(",", "")
     dec = m.group("dec") or m.group("bare") or ""
-    den = m.group("den")
+    exp, den = m.group("exp") or "", m.group("den")
+    if len(int_part) + len(dec) > HUGE_DIGITS or (exp and abs(int(exp[1:])) > HUGE_DIGITS):
+        if den is not None:
+            return None
+        with localcontext() as ctx:  # exact: normalize() rounds to the context's precision
+            ctx.prec = len(int_part) + len(dec) + 5
+            return str(Decimal(("-" if m.group("sign") else "") + int_part + dec + exp).normalize())
     try:
-        value = Fraction(int_part + dec)
+        value = Fraction(int_part + dec + exp)
         if den is not None:
             if int(den) == 0:
                 return None
@@ -209,7 +220,9 @@ def _to_fraction(text: str) -> Fraction | None:
         if m is None:
             return None
     num = _canonical_number(m)
-    return None if num is None else Fraction(num)
+    if num is None or "E" in num or len(num) > HUGE_DIGITS:  # huge: compared as canonical text by the caller
+        return None
+    return Fraction(num)
 
 
 def _numbers_close(a: Fraction, b: Fraction) -> bool:

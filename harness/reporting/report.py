@@ -98,14 +98,16 @@ def build_report(run_dir: Path | str, folder: Path) -> tuple[dict, list[Block]]:
 def write_report(run_dir: Path, out: Path | None = None) -> Path:
     """Write RUN/report/{report.md, report.html, report.json, *.png}; copy the folder to `out` when given.
 
-    RUN/report is rebuilt from scratch; in `out`, report files this report no longer has are removed.
+    RUN/report is rebuilt: the files an earlier report wrote (REPORT_FILES) are removed first, nothing else, and
+    only once RUN is known to be a run folder. In `out`, report files this report no longer has are removed.
     Returns the path of report.md (in `out` when given, else in RUN/report).
     """
     run_dir = Path(run_dir)
+    load_run(run_dir)  # not a run folder: say so before anything is written or removed
     folder = run_dir / "report"
-    if folder.exists():
-        shutil.rmtree(folder)
-    folder.mkdir(parents=True)
+    folder.mkdir(exist_ok=True)
+    for name in REPORT_FILES:
+        (folder / name).unlink(missing_ok=True)
     data, blocks = build_report(run_dir, folder)
     (folder / "report.json").write_text(json.dumps(data, indent=2, default=str) + "\n")
     (folder / "report.md").write_text(to_markdown(blocks))

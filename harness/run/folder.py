@@ -16,9 +16,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import yaml
+from pydantic import ValidationError
 
-from harness.config.recipe import Recipe
+from harness.config.recipe import Recipe, format_errors, read_yaml_mapping
 from harness.errors import RunError
 from harness.run.distributed import is_main, wait_for
 
@@ -28,11 +28,19 @@ REPO_ROOT = Path(__file__).resolve().parent.parent.parent
 
 
 def write_atomic(path: Path, text: str) -> None:
-    """Atomic write: a reader (or a resumed run) never sees half a file."""
+    """Atomic write: a reader (or a resumed run) never sees half a file. The text goes to a temporary file, is
+    flushed to the disk, then renamed over `path`; when the disk is full, the last good file stays."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def keep_lines(path: Path, n: int) -> list[str]:
@@ -99,6 +107,15 @@ def differing_fields(old: Any, new: Any, prefix: str = "") -> list[str]:
     return [] if old == new else [prefix.rstrip(".") or "(all)"]
 
 
+def read_run_recipe(path: Path) -> Recipe:
+    """The resolved recipe a run folder holds; a file this harness cannot read is refused by name."""
+    try:
+        return Recipe.model_validate(read_yaml_mapping(path, RunError))
+    except ValidationError as err:
+        raise RunError(f"{path}: not a recipe this harness can read:\n{format_errors(err)}\nthe folder was edited, "
+                       "or holds a run of another version of the harness: choose another --run-dir") from None
+
+
 class RunDir:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -145,7 +162,7 @@ class RunDir:
         self.lock()
         recipe_file = self.path / "recipe.yaml"
         if recipe_file.is_file():
-            old = Recipe.model_validate(yaml.safe_load(recipe_file.read_text()))
+            old = read_run_recipe(recipe_file)
             if old.hash() != recipe.hash():
                 changed = ", ".join(differing_fields(old.model_dump(exclude={"runtime"}),
                                                     recipe.model_dump(exclude={"runtime"})))
@@ -185,6 +202,19 @@ class RunDir:
         data = self.provenance()
         if any(data.get(k) != v for k, v in fields.items()):
             write_json(self.path / "provenance.json", data | fields)
+
+    def check_data(self, role: str, source: str, fingerprint: str) -> None:
+        """Record the fingerprint of the `role` data (train, compile) in provenance the first time; afterwards refuse
+        to go on with data whose rows changed, naming the source."""
+        seen = self.provenance().get("data", {})
+        old = seen.get(role, {}).get("fingerprint")
+        if old is None:
+            if is_main():
+                self.update_provenance(data=seen | {role: {"source": source, "fingerprint": fingerprint}})
+        elif old != fingerprint:
+            raise RunError(f"the {role} data {source!r} changed since {self.path} was started (rows fingerprint "
+                           f"{old[:12]}, now {fingerprint[:12]}): its logs would mix old and new questions; restore "
+                           "the data this run used, or start over in a new --run-dir")
 
     def is_done(self, stage: str) -> bool:
         return (self.path / stage / "done.json").is_file()

@@ -24,6 +24,8 @@ def run_baseline(recipe: Recipe, run: RunDir, engine: Engine) -> dict:
     cfg = recipe.baseline
     start = time.perf_counter()
     loaded = load_source(recipe.data.compile)
+    run.check_data("compile", recipe.data.compile.source, loaded.fingerprint())
+    engine.check_prompts(loaded.records, recipe.data.compile.source)
     jobs = [(record, k) for record in loaded.records for k in range(cfg.samples)]
 
     def work(number: int, batch) -> list[dict]:

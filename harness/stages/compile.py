@@ -48,7 +48,9 @@ def run_compile(recipe: Recipe, run: RunDir, engine: LazyEngine) -> dict:
     if run.is_done(STAGE):
         return run.summary(STAGE)
     folder = run.stage(STAGE)
-    records = load_source(recipe.data.compile).records
+    loaded = load_source(recipe.data.compile)
+    run.check_data("compile", recipe.data.compile.source, loaded.fingerprint())
+    records = loaded.records
     if is_main():
         for source in recipe.compile.sources:
             path = folder / f"sft_{source}.jsonl"
@@ -195,7 +197,9 @@ def sft(recipe: Recipe, examples: list[dict], out: Path, device: str) -> dict:
     result = trainer.train()
     if trainer.accelerator.is_main_process:
         trainer.model.save_pretrained(out / "adapter")
-    summary = {"adapter": str(out / "adapter"), "examples": len(examples), "train_loss": result.training_loss,
+    # relative to the run folder (out is RUN/compile/sft-<source>), so a moved or copied run folder still finds it
+    adapter = (out / "adapter").relative_to(out.parent.parent)
+    summary = {"adapter": str(adapter), "examples": len(examples), "train_loss": result.training_loss,
                "steps": result.global_step, "seconds": time.perf_counter() - start,
                "global_batch": args.per_device_train_batch_size * world_size() * cfg.grad_accum,
                "log": trainer.state.log_history}

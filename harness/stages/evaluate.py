@@ -51,7 +51,7 @@ def run_evaluate(recipe: Recipe, run: RunDir) -> dict:
     if run.is_done("compile"):
         for source, result in run.summary("compile")["sft"].items():
             if result.get("adapter"):
-                adapters[f"sft-{source}"] = result["adapter"]
+                adapters[f"sft-{source}"] = str(run.path / result["adapter"])  # relative (or, before, absolute)
     base = saved_model_folder(recipe.model)
     models, checks = {}, {}
     tasks = len(recipe.eval.tasks)

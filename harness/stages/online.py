@@ -56,6 +56,8 @@ def train_online(recipe: Recipe, run: RunDir, engine: Engine, pool: WorkerPool |
     cfg = recipe.online
     folder = run.stage(STAGE)
     loaded = load_source(recipe.data.train)
+    run.check_data("train", recipe.data.train.source, loaded.fingerprint())
+    engine.check_prompts(loaded.records[: cfg.questions], recipe.data.train.source)
     stream = loaded.records[: cfg.questions]
     model = engine.model
     agents = cfg.strategy.agents()
@@ -125,7 +127,7 @@ def train_online(recipe: Recipe, run: RunDir, engine: Engine, pool: WorkerPool |
     summary = summarize(read_jsonl(progress))
     if cfg.dpo.update == "after_stream":
         summary["epochs"] = read_jsonl(folder / "epochs.jsonl")
-    summary |= {"skipped_rows": loaded.skipped, "adapters": str(adapters)}
+    summary |= {"skipped_rows": loaded.skipped, "adapters": str(adapters.relative_to(run.path))}
     run.mark_done(STAGE, summary)
     return summary
 

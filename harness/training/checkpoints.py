@@ -45,6 +45,11 @@ def load_checkpoint(folder: Path, model, learners: dict[str, DPOLearner]) -> tup
         return 0, 0
     meta = json.loads(latest.read_text())
     ckpt = checkpoint_dir(folder, meta)
+    missing = [part for part in ("adapters.pt", "learners.pt") if not (ckpt / part).is_file()]
+    if missing:
+        raise RunError(f"{ckpt} lacks {', '.join(missing)}, so the stage cannot go on from question "
+                       f"{meta.get('position')}: restore the file(s), or remove {folder} to run the stage again "
+                       "from its first question")
     load_adapters_file(ckpt / "adapters.pt", model)
     states = torch.load(ckpt / "learners.pt", weights_only=True)
     for agent, learner in learners.items():
