@@ -95,3 +95,40 @@ def test_a_recipe_copied_outside_the_recipes_folder_still_loads(tmp_path, capsys
     copy = shutil.copy(RECIPES_DIR / "tiny.yaml", tmp_path / "tiny.yaml")
     assert cli_main(["show", str(copy)]) == 0
     assert capsys.readouterr().out.startswith(f"# {copy}")
+
+
+def test_a_read_only_run_folder_is_a_sentence(tmp_path, capsys, monkeypatch):
+    """As root (CI) a chmod cannot make a folder read-only, so the lock's open fails the way it would for a user."""
+    import errno
+
+    from harness.run.folder import RunDir
+
+    def refused(self):
+        raise PermissionError(errno.EACCES, "Permission denied", str(self.path / ".lock"))
+
+    monkeypatch.setattr(RunDir, "lock", refused)
+    assert cli_main(["run", "online", "tiny", "--run-dir", str(tmp_path / "run")]) == 2
+    assert f"{tmp_path / 'run' / '.lock'}: Permission denied (errno EACCES)" in error_line(capsys)
+
+
+def test_a_full_disk_at_a_checkpoint_says_so_and_keeps_the_last_one(tmp_path, monkeypatch):
+    import shutil as shutil_module
+    from collections import namedtuple
+
+    import torch
+
+    from harness.errors import RunError
+    from harness.training import checkpoints
+
+    def full(obj, path):
+        raise RuntimeError("basic_ios::clear: iostream error")
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(torch, "save", full)
+    monkeypatch.setattr(shutil_module, "disk_usage", lambda path: usage(10 << 30, 10 << 30, 1 << 20))
+    (tmp_path / "checkpoint" / "ckpt-000002").mkdir(parents=True)
+    (tmp_path / "checkpoint" / "latest.json").write_text('{"checkpoint": "ckpt-000002", "position": 2}')
+    with pytest.raises(RunError, match=r"adapters.pt: no space left on the device \(1 MiB free\)"):
+        checkpoints.save_checkpoint(tmp_path, None, {}, [], 4)
+    assert (tmp_path / "checkpoint" / "ckpt-000002").is_dir()
+    assert (tmp_path / "checkpoint" / "latest.json").read_text() == '{"checkpoint": "ckpt-000002", "position": 2}'

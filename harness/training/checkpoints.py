@@ -25,8 +25,8 @@ def save_checkpoint(folder: Path, model, learners: dict[str, DPOLearner], agents
     tmp = root / f".tmp-{name}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    torch.save({agent: adapter_state(model, agent) for agent in agents}, tmp / "adapters.pt")
-    torch.save({agent: learner.state_dict() for agent, learner in learners.items()}, tmp / "learners.pt")
+    save_tensors({agent: adapter_state(model, agent) for agent in agents}, tmp / "adapters.pt")
+    save_tensors({agent: learner.state_dict() for agent, learner in learners.items()}, tmp / "learners.pt")
     state = {"position": position} | ({"epochs": epochs} if epochs else {})  # epochs: after the stream only
     write_json(tmp / "state.json", state)
     shutil.rmtree(target, ignore_errors=True)
@@ -35,6 +35,22 @@ def save_checkpoint(folder: Path, model, learners: dict[str, DPOLearner], agents
     for old in [*root.glob("ckpt-*"), *root.glob(".tmp-*")]:  # superseded, or left by a killed save
         if old != target:
             shutil.rmtree(old, ignore_errors=True)
+
+
+LOW_DISK_BYTES = 64 << 20
+"""Free space under which a failed save is reported as a full disk."""
+
+
+def save_tensors(obj: dict, path: Path) -> None:
+    """torch.save, saying "no space left" where torch says only `basic_ios::clear: iostream error`."""
+    try:
+        torch.save(obj, path)
+    except RuntimeError as err:
+        free = shutil.disk_usage(path.parent).free
+        if free >= LOW_DISK_BYTES:
+            raise
+        raise RunError(f"{path}: no space left on the device ({free >> 20} MiB free): free some space and run again; "
+                       "the last complete checkpoint is kept and the run goes on from it") from err
 
 
 def load_checkpoint(folder: Path, model, learners: dict[str, DPOLearner]) -> tuple[int, int]:
