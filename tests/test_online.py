@@ -637,3 +637,25 @@ def test_a_checkpoint_missing_its_learners_says_how_to_go_on(tmp_path, scripted_
     with pytest.raises(RunError, match=r"ckpt-000002 lacks learners.pt, so the stage cannot go on from question 2: "
                                        r"restore the file\(s\), or remove .*online to run the stage again"):
         run_online(recipe, RunDir(tmp_path / "run"), make_engine())
+
+
+def test_saving_adapters_asks_no_hub(tmp_path, tiny_peft, perturb, monkeypatch):
+    """peft's default save looks up a hub id's config.json at every save; a stub that fails on any call shows none
+    is made, with a base model that names a hub id."""
+    import huggingface_hub
+    import peft.utils.save_and_load as peft_save
+
+    def no_hub(*args, **kwargs):
+        raise AssertionError(f"a hub request: {args} {kwargs}")
+
+    for module, name in [(peft_save, "check_file_exists_on_hf_hub"), (huggingface_hub, "file_exists"),
+                         (huggingface_hub, "hf_hub_download")]:
+        monkeypatch.setattr(module, name, no_hub)
+    model, _ = tiny_peft()
+    for config in model.peft_config.values():
+        config.base_model_name_or_path = "meta-llama/Meta-Llama-3-8B-Instruct"
+    perturb(model, "answer")
+    state = adapter_state(model, "answer")
+    model.save_pretrained(tmp_path / "saved", selected_adapters=["answer"], save_embedding_layers=False)
+    saved = load_file(tmp_path / "saved" / "answer" / "adapter_model.safetensors")
+    assert sorted(saved) == sorted(state) and all(same_tensors(saved[k], state[k]) for k in state)

@@ -15,7 +15,7 @@ Log-probs: the engine runs with `logprobs_mode="processed_logprobs"`, so `Sample
 under the sampling distribution (after temperature and top-p), as HF's processed `scores` are; for greedy
 requests no processing applies and they are the model's full-vocabulary log-softmax.
 
-Next-token log-probs, exact: one greedy step with `max_tokens=1, logprob_token_ids=ids` returns the
+Next-token log-probs, exact: one greedy step with `max_tokens=1, logprobs=0, logprob_token_ids=ids` returns the
 full-vocabulary log-softmax of the next-token logits at exactly those ids (not a top-k that may miss them, and not
 renormalised like `allowed_token_ids` would be). The Yes probability is read off the Yes and No ids' log-probs
 (`backend.yes_probability`).
@@ -140,7 +140,7 @@ class VLLMBackend:
         folder = self.workdir / f"{name}-v{version}"
         if folder.exists():
             shutil.rmtree(folder)
-        self.adapter_source.save_pretrained(folder, selected_adapters=[name])
+        self.adapter_source.save_pretrained(folder, selected_adapters=[name], save_embedding_layers=False)
         # peft writes a non-default adapter into a subfolder named after it.
         path = folder / name if (folder / name / "adapter_config.json").is_file() else folder
         if not (path / "adapter_config.json").is_file():
@@ -231,8 +231,10 @@ class VLLMBackend:
 
         if not prompts or not token_ids:
             return [[] for _ in prompts]
-        params = SamplingParams(temperature=0.0, max_tokens=1, logprob_token_ids=list(dict.fromkeys(token_ids)),
-                                detokenize=False)
+        # Both fields: vLLM 0.20 returns log-probs only when `logprobs` is set (v1/engine/logprobs.py), later
+        # versions read `num_logprobs`; `logprobs=0` adds only the sampled token, which is not read.
+        params = SamplingParams(temperature=0.0, max_tokens=1, logprobs=0,
+                                logprob_token_ids=list(dict.fromkeys(token_ids)), detokenize=False)
         out = []
         for request in self._run(prompts, [params] * len(prompts), adapter):
             step = request.outputs[0].logprobs[0]

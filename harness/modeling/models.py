@@ -243,10 +243,14 @@ def with_adapters(model: torch.nn.Module, specs: dict[str, LoraSpec]) -> PeftMod
 
 
 def adapter_state(model: PeftModel, name: str) -> dict[str, torch.Tensor]:
-    """The adapter's own tensors (keys without the adapter name), detached copies on CPU."""
+    """The adapter's own tensors (keys without the adapter name), detached copies on CPU.
+
+    `save_embedding_layers=False` here and at every `save_pretrained`: LoRA never trains the embeddings here, and
+    peft's default ("auto") asks the hub for the base model's config.json at every save when the base is a hub id.
+    """
     from peft import get_peft_model_state_dict
 
-    state = get_peft_model_state_dict(model, adapter_name=name)
+    state = get_peft_model_state_dict(model, adapter_name=name, save_embedding_layers=False)
     return {k: v.detach().cpu().clone() for k, v in state.items()}
 
 

@@ -196,7 +196,7 @@ def sft(recipe: Recipe, examples: list[dict], out: Path, device: str) -> dict:
     trainer.add_callback(ShowProgress(f"sft-{out.name.removeprefix('sft-')}"))
     result = trainer.train()
     if trainer.accelerator.is_main_process:
-        trainer.model.save_pretrained(out / "adapter")
+        trainer.model.save_pretrained(out / "adapter", save_embedding_layers=False)
     # relative to the run folder (out is RUN/compile/sft-<source>), so a moved or copied run folder still finds it
     adapter = (out / "adapter").relative_to(out.parent.parent)
     summary = {"adapter": str(adapter), "examples": len(examples), "train_loss": result.training_loss,

@@ -123,7 +123,7 @@ def train_online(recipe: Recipe, run: RunDir, engine: Engine, pool: WorkerPool |
     metrics.close()
     adapters = folder / "adapters"
     for name in agents:
-        model.save_pretrained(adapters, selected_adapters=[name])
+        model.save_pretrained(adapters, selected_adapters=[name], save_embedding_layers=False)
     summary = summarize(read_jsonl(progress))
     if cfg.dpo.update == "after_stream":
         summary["epochs"] = read_jsonl(folder / "epochs.jsonl")
