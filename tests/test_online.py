@@ -541,7 +541,7 @@ class InProcessPool:
         return getattr(self.strategy, name)  # solve, play, explore, timings
 
     def zero_shot(self, records, seeds):
-        return self.zero_shot_of(self.engine, records, seeds)
+        return self.zero_shot_of(self.engine, self.engine.recipe.strategy, records, seeds)
 
     def adapters_updated(self, names):
         self.updated.append(names)
