@@ -132,3 +132,10 @@ def test_a_full_disk_at_a_checkpoint_says_so_and_keeps_the_last_one(tmp_path, mo
         checkpoints.save_checkpoint(tmp_path, None, {}, [], 4)
     assert (tmp_path / "checkpoint" / "ckpt-000002").is_dir()
     assert (tmp_path / "checkpoint" / "latest.json").read_text() == '{"checkpoint": "ckpt-000002", "position": 2}'
+
+
+def test_an_override_that_fails_validation_is_blamed_on_the_override(capsys):
+    assert cli_main(["show", "tiny", "online.strategy.sample=8"]) == 2
+    said = error_line(capsys)
+    assert "tiny.yaml is valid, but not with the overrides online.strategy.sample=8" in said
+    assert "online.strategy.sample: unknown key" in said

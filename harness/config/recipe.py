@@ -7,6 +7,7 @@ file. Paper hyperparameters carry their source in the recipe's `sources` map: a 
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from pathlib import Path
@@ -343,10 +344,20 @@ def load_recipe(name_or_path: str, overrides: list[str] = ()) -> Recipe:
     """Load, apply `key.sub=value` overrides, validate. Errors name the file and the field path."""
     path = recipe_path(name_or_path)
     data = read_yaml_mapping(path, RecipeError)
+    if not overrides:
+        return validate_named(Recipe, data, path, "name", RecipeError)
+    validate_named(Recipe, copy.deepcopy(data), path, "name", RecipeError)  # the file's own faults name the file
     for text in overrides:
         keys, value = parse_override(text)
         apply_override(data, keys, value, str(path))
-    return validate_named(Recipe, data, path, "name", RecipeError)
+    try:
+        recipe = Recipe.model_validate(data)
+    except ValidationError as err:  # the file was valid: the overrides are to blame
+        raise RecipeError(f"{path} is valid, but not with the overrides {' '.join(overrides)}:\n"
+                          f"{format_errors(err)}") from None
+    if recipe.name != path.stem:
+        raise RecipeError(f"override name={recipe.name}: a recipe's name must equal its file name {path.stem!r}")
+    return recipe
 
 
 def validate_named(model: type[BaseModel], data: dict, path: Path, key: str, error: type[Exception]) -> Any:
