@@ -216,6 +216,8 @@ def test_adapter_check_passes_an_applied_adapter_and_stops_a_dropped_one(base_ru
     zeroed = save_lora(random_lora(tiny()[0]), tmp_path / "zeroed", scale=0.0)
     with pytest.raises(DroppedAdapterError, match="every lora_B weight is zero"):
         check_adapter(out / "base", tmp_path / "lora", zeroed)
+    untrained = check_adapter(out / "base", out / "base", zeroed, may_be_untrained=True)  # an online policy
+    assert untrained["lora_b_norm"] == 0.0 and "never stepped" in untrained["warning"]
 
     merged = peft_model.merge_and_unload()  # a merged model is just a transformers model
     evaluate_model(merged, tok, ARITH_CFG, tmp_path, "merged")

@@ -338,12 +338,14 @@ def _probe_change(base_dir: Path, adapter_dir: Path) -> float | None:
     return max(abs(a - b) / max(1.0, abs(b)) for a, b in zip(adapted, base, strict=True))
 
 
-def check_adapter(base_dir: Path, adapter_dir: Path, adapter_path: Path | None = None) -> dict:
+def check_adapter(base_dir: Path, adapter_dir: Path, adapter_path: Path | None = None,
+                  may_be_untrained: bool = False) -> dict:
     """Check that an evaluated adapter was trained and reached the model; say how much its greedy answers moved.
 
     Raises DroppedAdapterError when the adapter's lora_B weights are all zero, or when the probe log-likelihoods
     read through the evaluating LM equal the base model's (the adapter was disabled, not loaded, or dropped by the
-    backend). An adapter that changes no greedy answer is not an error (a short SFT can honestly leave every
+    backend); with `may_be_untrained` (an online policy whose stream made no pair) all-zero weights are a warning
+    instead. An adapter that changes no greedy answer is not an error (a short SFT can honestly leave every
     answer as it was): the returned record carries a `warning` with the numbers, for the log and the report.
     `base_dir` and `adapter_dir` are evaluation folders (out_dir/<label>, as evaluate_model writes them).
     """
@@ -356,6 +358,10 @@ def check_adapter(base_dir: Path, adapter_dir: Path, adapter_path: Path | None =
                               "lora_b_norm": None, "probe_change": _probe_change(base_dir, adapter_dir)}
     if adapter_path is not None:
         record["lora_b_norm"] = lora_b_norm(adapter_path)
+        if record["lora_b_norm"] == 0.0 and may_be_untrained:
+            record["warning"] = (f"{Path(adapter_dir).name} never stepped (its lora_B weights are all zero): the "
+                                 "stream made no update")
+            return record
         if record["lora_b_norm"] == 0.0:
             raise DroppedAdapterError(f"{adapter_path}: every lora_B weight is zero, so this adapter is the base "
                                       "model: its training made no update, or the weights were zeroed")

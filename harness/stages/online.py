@@ -57,8 +57,8 @@ def train_online(recipe: Recipe, run: RunDir, engine: Engine, pool: WorkerPool |
     folder = run.stage(STAGE)
     loaded = load_source(recipe.data.train)
     run.check_data("train", recipe.data.train.source, loaded.fingerprint())
-    engine.check_prompts(loaded.records[: cfg.questions], recipe.data.train.source)
     stream = loaded.records[: cfg.questions]
+    engine.check_prompts(stream, recipe.data.train.source)
     model = engine.model
     agents = cfg.strategy.agents()
     generation = pool or build_strategy(cfg.strategy, engine)  # with workers, the driver generates nothing
